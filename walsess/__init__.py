@@ -1,0 +1,71 @@
+"""walsess: web sessions in memory, made durable by a binary append-only change log.
+
+Example::
+
+    import walsess
+
+    with walsess.open("var/sessions", durability="interval") as store:
+        s = store.create({"user_id": 42}, user="42")
+        s["cart"] = [1, 2]              # logged (write(2)) before it is applied
+        same = store.get(s.id)          # None once expired or destroyed
+
+Layers, bottom up: :mod:`~walsess.record` (the byte format, pure functions),
+:mod:`~walsess.fileio` (the I/O seam), :mod:`~walsess.changelog` (log files,
+recovery), :mod:`~walsess.table` (the in-memory table),
+:mod:`~walsess.durability` (fsync policies), :mod:`~walsess.store` and
+:mod:`~walsess.session` (the API).
+"""
+
+from .changelog import Cut, Recovery
+from .codec import JSON, PICKLE, Codec, JSONCodec, PickleCodec
+from .errors import (
+    CodecError,
+    CorruptionError,
+    FileError,
+    FormatError,
+    InvalidKey,
+    LimitError,
+    LockedError,
+    SessionNotFound,
+    StorageError,
+    StoreClosed,
+    StoreFull,
+    StorePoisoned,
+    ValidationError,
+    ValueTooLarge,
+    WalsessError,
+)
+from .record import FORMAT_VERSION
+from .session import Session
+from .store import Store, open
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "JSON",
+    "PICKLE",
+    "Codec",
+    "CodecError",
+    "CorruptionError",
+    "Cut",
+    "FileError",
+    "FormatError",
+    "InvalidKey",
+    "JSONCodec",
+    "LimitError",
+    "LockedError",
+    "PickleCodec",
+    "Recovery",
+    "Session",
+    "SessionNotFound",
+    "StorageError",
+    "Store",
+    "StoreClosed",
+    "StoreFull",
+    "StorePoisoned",
+    "ValidationError",
+    "ValueTooLarge",
+    "WalsessError",
+    "open",
+]

@@ -1,0 +1,548 @@
+"""The change-log format as pure functions over bytes: no files, no clocks, no locks.
+
+This module is the executable form of docs/FORMAT.md. Everything that reads
+or writes walsess bytes goes through it, so the spec and the code cannot
+drift apart (a test decodes the hex example in FORMAT.md with it).
+
+Layout (little-endian)::
+
+    file   := header record*
+    header := magic[8] version:u16 flags:u16 generation:u64 follows:u64 crc:u32   (32 bytes)
+    record := op:u8 sid:u32 length:u32 payload[length] crc:u32                    (13 + length)
+
+``crc`` is CRC-32C (Castagnoli), masked as LevelDB masks it, over every byte
+of the record before it, so the length field is covered too.
+
+Decoding trusts nothing: every length is checked against the bytes that
+remain before anything is sliced, and a record whose checksum fails is
+reported as a :class:`Stop`, for the caller to classify as a torn tail or
+as corruption with :func:`next_valid_record`.
+
+Example::
+
+    >>> rec = encode_touch(7, idle_deadline=1700000000.0, ttl=1800.0)
+    >>> reader = RecordReader(encode_header(1, 0) + rec)
+    >>> [r for _, r in reader]
+    [Touch(sid=7, idle_deadline=1700000000.0, ttl=1800.0)]
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import sys
+from collections.abc import Iterable, Iterator
+from enum import IntEnum
+from typing import NamedTuple, Union
+
+import crcmod.predefined
+
+from .errors import CorruptionError, FormatError, InvalidKey, LimitError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "LOG_MAGIC",
+    "MAX_KEY_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "RECORD_OVERHEAD",
+    "ChangeId",
+    "Create",
+    "Destroy",
+    "DestroyReason",
+    "Header",
+    "Modify",
+    "Op",
+    "Record",
+    "RecordReader",
+    "Stop",
+    "Touch",
+    "crc32c",
+    "decode_header",
+    "encode_change_id",
+    "encode_create",
+    "encode_destroy",
+    "encode_header",
+    "encode_modify",
+    "encode_record",
+    "encode_set",
+    "encode_touch",
+    "key_bytes",
+    "next_valid_record",
+]
+
+LOG_MAGIC = b"WSSLOG\r\n"
+FORMAT_VERSION = 1
+
+HEADER_SIZE = 32
+_HEADER = struct.Struct("<8sHHQQ")  # + u32 crc = 32 bytes
+_RECORD_HEAD = struct.Struct("<BII")  # op, sid, payload length
+_HEAD_SIZE = _RECORD_HEAD.size  # 9
+RECORD_OVERHEAD = _HEAD_SIZE + 4
+
+MAX_KEY_BYTES = 0xFFFF
+#: Hard limit of the format on one record's payload; a store's own limit is lower.
+MAX_PAYLOAD_BYTES = 1 << 30
+MAX_SID = 0xFFFF_FFFF
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_CREATE_FIXED = struct.Struct("<32sddddB")  # digest, created, ttl, idle, hard, flags
+_SET_HEAD = struct.Struct("<BIIBIBH")  # op sid len | flags count | kind klen
+_TOUCH = struct.Struct("<BIIdd")
+_DESTROY = struct.Struct("<BIIB")
+_CHANGE_ID = struct.Struct("<BII32s")
+_F64X2 = struct.Struct("<dd")
+
+_CREATE_HAS_USER = 0x01
+_CREATE_HAS_META = 0x02
+_MODIFY_CLEAR = 0x01
+_KIND_SET = 0
+_KIND_DELETE = 1
+DIGEST_SIZE = 32
+
+_crc_fun = crcmod.predefined.mkPredefinedCrcFun("crc-32c")
+_MASK_DELTA = 0xA282EAD8
+
+
+def crc32c(data: bytes | memoryview) -> int:
+    """CRC-32C of *data*, masked as LevelDB masks stored checksums.
+
+    Masking (rotate right 15, add a constant) keeps the CRC of data that
+    itself contains CRCs from being degenerate. Costs one C call.
+    """
+    c: int = _crc_fun(data)
+    return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+class Op(IntEnum):
+    """Record types. The numbers are part of the format and never change."""
+
+    CREATE = 0
+    DESTROY = 1
+    CHANGE_ID = 2
+    MODIFY = 3
+    TOUCH = 4
+
+
+class DestroyReason(IntEnum):
+    """Why a session was destroyed; stored in DESTROY records for tools and hooks."""
+
+    DESTROYED = 0
+    EXPIRED = 1
+    REVOKED = 2
+
+
+class Header(NamedTuple):
+    """A log file's header: its generation and the snapshot generation it follows."""
+
+    version: int
+    generation: int
+    follows: int
+
+
+class Create(NamedTuple):
+    """A session comes into being with all of its state (op 0)."""
+
+    sid: int
+    digest: bytes
+    created_at: float
+    ttl: float
+    idle_deadline: float
+    hard_deadline: float
+    user: str | None
+    meta: bytes | None
+    items: tuple[tuple[str, bytes], ...]
+
+
+class Destroy(NamedTuple):
+    """A session is gone (op 1)."""
+
+    sid: int
+    reason: int
+
+
+class ChangeId(NamedTuple):
+    """A session gets a new token; the old one is dead (op 2)."""
+
+    sid: int
+    digest: bytes
+
+
+class Modify(NamedTuple):
+    """Key sets and deletes applied atomically, after clearing all keys if ``clear`` (op 3).
+
+    A change is ``(key, value)`` to set or ``(key, None)`` to delete.
+    """
+
+    sid: int
+    clear: bool
+    changes: tuple[tuple[str, bytes | None], ...]
+
+
+class Touch(NamedTuple):
+    """A session's idle deadline (and idle timeout) moves (op 4)."""
+
+    sid: int
+    idle_deadline: float
+    ttl: float
+
+
+Record = Union[Create, Destroy, ChangeId, Modify, Touch]  # noqa: UP007 - a runtime alias on 3.10
+
+
+class Stop(NamedTuple):
+    """Where a reader stopped before the end of its buffer, and why.
+
+    A stop is either a torn tail (a crash artifact) or corruption; only the
+    bytes after it can tell which (see :func:`next_valid_record`).
+    """
+
+    offset: int
+    reason: str
+
+
+# -- encoding -------------------------------------------------------------------
+
+
+def key_bytes(key: object) -> bytes:
+    """The UTF-8 bytes of a data key, or :class:`InvalidKey` if it cannot be stored."""
+    if type(key) is not str and not isinstance(key, str):
+        raise InvalidKey(f"session keys must be str, not {type(key).__name__}")
+    try:
+        kb = key.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidKey(f"session key is not valid UTF-8: {exc}") from None
+    if len(kb) > MAX_KEY_BYTES:
+        raise InvalidKey(f"session key is {len(kb)} bytes; the limit is {MAX_KEY_BYTES}")
+    return kb
+
+
+def _seal(body: bytes) -> bytes:
+    return body + _U32.pack(crc32c(body))
+
+
+def encode_header(generation: int, follows: int) -> bytes:
+    """The 32-byte header of a log file of *generation* that follows snapshot *follows*."""
+    head = _HEADER.pack(LOG_MAGIC, FORMAT_VERSION, 0, generation, follows)
+    return _seal(head)
+
+
+def _frame(op: int, sid: int, payload: bytes) -> bytes:
+    return _seal(_RECORD_HEAD.pack(op, sid, len(payload)) + payload)
+
+
+def encode_create(
+    sid: int,
+    digest: bytes,
+    created_at: float,
+    ttl: float,
+    idle_deadline: float,
+    hard_deadline: float,
+    user: str | None,
+    meta: bytes | None,
+    items: Iterable[tuple[bytes, bytes]],
+) -> bytes:
+    """A CREATE record. *items* are (UTF-8 key, encoded value) pairs."""
+    if len(digest) != DIGEST_SIZE:
+        raise ValueError("digest must be 32 bytes")
+    flags = (_CREATE_HAS_USER if user is not None else 0) | (
+        _CREATE_HAS_META if meta is not None else 0
+    )
+    parts = [_CREATE_FIXED.pack(digest, created_at, ttl, idle_deadline, hard_deadline, flags)]
+    if user is not None:
+        ub = user.encode()
+        parts += (_U16.pack(len(ub)), ub)
+    if meta is not None:
+        parts += (_U32.pack(len(meta)), meta)
+    items = list(items)
+    parts.append(_U32.pack(len(items)))
+    for kb, vb in items:
+        parts += (_U16.pack(len(kb)), kb, _U32.pack(len(vb)), vb)
+    return _frame(Op.CREATE, sid, b"".join(parts))
+
+
+def encode_destroy(sid: int, reason: int = DestroyReason.DESTROYED) -> bytes:
+    """A DESTROY record."""
+    return _seal(_DESTROY.pack(Op.DESTROY, sid, 1, reason))
+
+
+def encode_change_id(sid: int, digest: bytes) -> bytes:
+    """A CHANGE_ID record carrying the digest of the session's new token."""
+    if len(digest) != DIGEST_SIZE:
+        raise ValueError("digest must be 32 bytes")
+    return _seal(_CHANGE_ID.pack(Op.CHANGE_ID, sid, DIGEST_SIZE, digest))
+
+
+def encode_touch(sid: int, idle_deadline: float, ttl: float) -> bytes:
+    """A TOUCH record: the new absolute idle deadline and idle timeout."""
+    return _seal(_TOUCH.pack(Op.TOUCH, sid, 16, idle_deadline, ttl))
+
+
+def encode_set(sid: int, key: bytes, value: bytes) -> bytes:
+    """A MODIFY record that sets one key: the hot path, built with one struct call."""
+    n = 1 + 4 + 1 + 2 + len(key) + 4 + len(value)
+    return _seal(
+        b"".join(
+            (
+                _SET_HEAD.pack(Op.MODIFY, sid, n, 0, 1, _KIND_SET, len(key)),
+                key,
+                _U32.pack(len(value)),
+                value,
+            )
+        )
+    )
+
+
+def encode_modify(sid: int, clear: bool, changes: Iterable[tuple[bytes, bytes | None]]) -> bytes:
+    """A MODIFY record: optionally clear, then each (key, value) set or (key, None) delete."""
+    changes = list(changes)
+    parts = [bytes((_MODIFY_CLEAR if clear else 0,)), _U32.pack(len(changes))]
+    for kb, vb in changes:
+        if vb is None:
+            parts += (b"\x01", _U16.pack(len(kb)), kb)
+        else:
+            parts += (b"\x00", _U16.pack(len(kb)), kb, _U32.pack(len(vb)), vb)
+    return _frame(Op.MODIFY, sid, b"".join(parts))
+
+
+def encode_record(record: Record) -> bytes:
+    """Any decoded record, encoded again byte for byte."""
+    if isinstance(record, Create):
+        return encode_create(
+            record.sid,
+            record.digest,
+            record.created_at,
+            record.ttl,
+            record.idle_deadline,
+            record.hard_deadline,
+            record.user,
+            record.meta,
+            [(k.encode(), v) for k, v in record.items],
+        )
+    if isinstance(record, Destroy):
+        return encode_destroy(record.sid, record.reason)
+    if isinstance(record, ChangeId):
+        return encode_change_id(record.sid, record.digest)
+    if isinstance(record, Modify):
+        return encode_modify(record.sid, record.clear, [(k.encode(), v) for k, v in record.changes])
+    return encode_touch(record.sid, record.idle_deadline, record.ttl)
+
+
+# -- decoding -------------------------------------------------------------------
+
+
+def decode_header(buf: bytes | memoryview) -> Header:
+    """Parse a log header; :class:`FormatError` or :class:`CorruptionError` at offset 0."""
+    if len(buf) < HEADER_SIZE:
+        raise CorruptionError(f"header is {len(buf)} bytes, expected {HEADER_SIZE}", None, 0)
+    magic, version, _flags, generation, follows = _HEADER.unpack_from(buf, 0)
+    if magic != LOG_MAGIC:
+        raise FormatError(f"not a walsess log (magic {bytes(magic)!r})", None, 0)
+    (crc,) = _U32.unpack_from(buf, HEADER_SIZE - 4)
+    if crc != crc32c(buf[: HEADER_SIZE - 4]):
+        raise CorruptionError("header checksum mismatch", None, 0)
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"format version {version} is not supported (this walsess reads {FORMAT_VERSION});"
+            " upgrade walsess",
+            None,
+            8,
+        )
+    return Header(version, generation, follows)
+
+
+_intern = sys.intern
+
+
+class _Payload:
+    """A bounds-checked cursor over one record's payload (already CRC-verified)."""
+
+    __slots__ = ("buf", "end", "pos", "start")
+
+    def __init__(self, buf: bytes, start: int, end: int) -> None:
+        self.buf = buf
+        self.start = start
+        self.pos = start
+        self.end = end
+
+    def fail(self, why: str) -> CorruptionError:
+        return CorruptionError(f"malformed payload: {why}", None, self.pos)
+
+    def take(self, n: int) -> bytes:
+        p = self.pos
+        if n > self.end - p:
+            raise self.fail(f"field of {n} bytes runs past the record")
+        self.pos = p + n
+        return self.buf[p : p + n]
+
+    def u8(self) -> int:
+        p = self.pos
+        if p >= self.end:
+            raise self.fail("missing byte")
+        self.pos = p + 1
+        return self.buf[p]
+
+    def u16(self) -> int:
+        return int(_U16.unpack(self.take(2))[0])
+
+    def u32(self) -> int:
+        return int(_U32.unpack(self.take(4))[0])
+
+    def key(self) -> str:
+        kb = self.take(self.u16())
+        try:
+            return _intern(kb.decode())
+        except UnicodeDecodeError:
+            raise self.fail("key is not UTF-8") from None
+
+    def value(self, max_value: int) -> bytes:
+        n = self.u32()
+        if n > max_value:
+            raise LimitError(
+                f"value of {n} bytes exceeds max_value_bytes={max_value};"
+                " reopen with a larger max_value_bytes",
+                None,
+                self.pos - 4,
+            )
+        return self.take(n)
+
+    def count(self, min_entry: int) -> int:
+        n = self.u32()
+        if n * min_entry > self.end - self.pos:
+            raise self.fail(f"count {n} cannot fit in the remaining bytes")
+        return n
+
+    def done(self) -> None:
+        if self.pos != self.end:
+            raise self.fail(f"{self.end - self.pos} unexpected bytes after the last field")
+
+
+def _decode_payload(op: int, sid: int, buf: bytes, start: int, end: int, max_value: int) -> Record:
+    p = _Payload(buf, start, end)
+    rec: Record
+    if op == Op.MODIFY:
+        flags = p.u8()
+        if flags & ~_MODIFY_CLEAR:
+            raise FormatError(f"unknown MODIFY flags {flags:#x}", None, start)
+        n = p.count(3)
+        changes: list[tuple[str, bytes | None]] = []
+        for _ in range(n):
+            kind = p.u8()
+            key = p.key()
+            if kind == _KIND_SET:
+                changes.append((key, p.value(max_value)))
+            elif kind == _KIND_DELETE:
+                changes.append((key, None))
+            else:
+                raise p.fail(f"unknown change kind {kind}")
+        rec = Modify(sid, bool(flags), tuple(changes))
+    elif op == Op.TOUCH:
+        idle, ttl = _F64X2.unpack(p.take(16))
+        rec = Touch(sid, idle, ttl)
+    elif op == Op.CREATE:
+        digest, created, ttl, idle, hard, flags = _CREATE_FIXED.unpack(p.take(_CREATE_FIXED.size))
+        if flags & ~(_CREATE_HAS_USER | _CREATE_HAS_META):
+            raise FormatError(f"unknown CREATE flags {flags:#x}", None, start)
+        user = None
+        if flags & _CREATE_HAS_USER:
+            try:
+                user = p.take(p.u16()).decode()
+            except UnicodeDecodeError:
+                raise p.fail("user is not UTF-8") from None
+        meta = p.take(p.u32()) if flags & _CREATE_HAS_META else None
+        n = p.count(6)
+        items = tuple((p.key(), p.value(max_value)) for _ in range(n))
+        rec = Create(sid, digest, created, ttl, idle, hard, user, meta, items)
+    elif op == Op.DESTROY:
+        rec = Destroy(sid, p.u8())
+    elif op == Op.CHANGE_ID:
+        rec = ChangeId(sid, p.take(DIGEST_SIZE))
+    else:
+        raise FormatError(f"unknown record op {op}; written by a newer walsess?", None, start - 9)
+    p.done()
+    return rec
+
+
+def _frame_at(buf: bytes, pos: int, end: int) -> int:
+    """Length of the checksum-valid record frame at *pos*, or -1 if there is none."""
+    if end - pos < RECORD_OVERHEAD:
+        return -1
+    n: int = _U32.unpack_from(buf, pos + 5)[0]
+    total = RECORD_OVERHEAD + n
+    if n > MAX_PAYLOAD_BYTES or total > end - pos:
+        return -1
+    crc_at = pos + total - 4
+    if _U32.unpack_from(buf, crc_at)[0] != crc32c(memoryview(buf)[pos:crc_at]):
+        return -1
+    return total
+
+
+class RecordReader:
+    """Iterate over the records of a log image, as ``(offset, record)`` pairs.
+
+    Iteration ends at the end of *buf* (``stop`` is None) or at the first
+    offset that does not hold a checksum-valid record (``stop`` says where and
+    why; ``end`` is the offset after the last good record). A record whose
+    checksum is valid but whose content is not is never a crash artifact: it
+    raises :class:`CorruptionError`, :class:`FormatError` or :class:`LimitError`
+    with the offset in *buf*. Cost: one CRC pass over the bytes plus one
+    object per record.
+    """
+
+    def __init__(
+        self, buf: bytes, start: int = HEADER_SIZE, max_value: int = MAX_PAYLOAD_BYTES
+    ) -> None:
+        self.buf = buf
+        self.start = start
+        self.end = start
+        self.max_value = max_value
+        self.stop: Stop | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, Record]]:
+        buf = self.buf
+        size = len(buf)
+        pos = self.start
+        mv = memoryview(buf)
+        unpack_head = _RECORD_HEAD.unpack_from
+        unpack_u32 = _U32.unpack_from
+        crc = crc32c
+        max_value = self.max_value
+        decode = _decode_payload
+        while pos < size:
+            if size - pos < RECORD_OVERHEAD:
+                self.stop = Stop(pos, f"incomplete record ({size - pos} bytes at end)")
+                return
+            op, sid, n = unpack_head(buf, pos)
+            body_end = pos + _HEAD_SIZE + n
+            if n > MAX_PAYLOAD_BYTES or body_end + 4 > size:
+                self.stop = Stop(pos, f"record length {n} runs past the end")
+                return
+            if unpack_u32(buf, body_end)[0] != crc(mv[pos:body_end]):
+                self.stop = Stop(pos, "checksum mismatch")
+                return
+            # A structural error here carries its absolute offset in *buf*.
+            yield pos, decode(op, sid, buf, pos + _HEAD_SIZE, body_end, max_value)
+            pos = body_end + 4
+            self.end = pos
+
+
+# Offsets where a record could start: a known op byte not followed by eight
+# zero bytes (a length of 0 with SID 0 is never a valid frame of a zeroed page).
+_CANDIDATE = re.compile(rb"(?=[\x00-\x04](?!\x00{8}))", re.DOTALL)
+
+
+def next_valid_record(buf: bytes, after: int) -> int | None:
+    """Offset of the first checksum-valid record frame starting after *after*, or None.
+
+    This is what tells a torn tail (nothing valid follows: cut it) from
+    corruption (a valid record follows a bad one: refuse). It tries every byte
+    offset, so it costs O(bytes after *after*); zero-filled runs are skipped
+    at C speed.
+    """
+    end = len(buf)
+    for m in _CANDIDATE.finditer(buf, after + 1):
+        pos = m.start()
+        if _frame_at(buf, pos, end) > 0:
+            return pos
+    return None

@@ -1,0 +1,141 @@
+"""The :class:`Session` handle that applications hold for one session.
+
+A handle is a ``MutableMapping[str, Any]`` view of one session in a store.
+Every change through it is one log record, written before it is applied;
+reads decode a fresh copy of the stored bytes. A handle dies with its
+session: once the session is destroyed, regenerated (for the old token) or
+expired, every use raises :class:`SessionNotFound`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from .errors import SessionNotFound
+from .table import SessionState
+from .tokens import ref_of
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["Session"]
+
+_MISSING: Any = object()
+
+
+class Session(MutableMapping[str, Any]):
+    """One session's data and attributes.
+
+    Example::
+
+        s = store.create({"user_id": 42})
+        s["cart"] = [1, 2]          # one MODIFY record
+        s.update(a=1, b=2)          # one record: both or neither, also across a crash
+        token = s.id                # give this to the client (e.g. in a cookie)
+
+    Cost: a read is a dict lookup plus a decode; a change is one record write.
+    """
+
+    __slots__ = ("_digest", "_state", "_store", "id")
+
+    def __init__(self, store: Store, state: SessionState, token: str) -> None:
+        self._store = store
+        self._state = state
+        self._digest = state.digest
+        #: The token: the secret the client presents. Never stored on disk.
+        self.id = token
+
+    def _live(self) -> SessionState:
+        return self._store._live_state(self._state, self._digest)
+
+    # -- attributes ---------------------------------------------------------
+
+    @property
+    def ref(self) -> str:
+        """A non-secret name for this session, safe to show and log (16 hex characters)."""
+        return ref_of(self._digest)
+
+    @property
+    def created_at(self) -> float:
+        return self._live().created_at
+
+    @property
+    def expires_at(self) -> float:
+        """When the session expires unless it is read before then (idle timeout)."""
+        return self._live().expires_at
+
+    @property
+    def ttl(self) -> float:
+        """The idle timeout in seconds."""
+        return self._live().ttl
+
+    @property
+    def user(self) -> str | None:
+        return self._live().user
+
+    @property
+    def meta(self) -> dict[str, Any] | None:
+        """Metadata fixed at creation (for example the client's IP and agent)."""
+        raw = self._live().meta
+        return None if raw is None else dict(json.loads(raw))
+
+    # -- mapping ------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        return self._store._decode(self._live().data[key])
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self._live().data.get(key)
+        return default if raw is None else self._store._decode(raw)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._live().data
+
+    def __len__(self) -> int:
+        return len(self._live().data)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._live().data))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._store._set(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._store._modify(self, False, ((key, _MISSING),), must_exist=key)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Set several keys in one record: all of them, or (on any error) none."""
+        items: list[tuple[str, Any]] = list(other.items() if isinstance(other, Mapping) else other)
+        items.extend(kwargs.items())
+        self._store._modify(self, False, items)
+
+    def clear(self) -> None:
+        """Remove every key, as one record."""
+        self._store._modify(self, True, ())
+
+    def replace(self, data: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
+        """Make the data exactly *data*, as one record (clear, then set each key)."""
+        items = list(data.items() if isinstance(data, Mapping) else data)
+        self._store._modify(self, True, items)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A decoded copy of all keys, read at one moment."""
+        decode = self._store._decode
+        return {k: decode(v) for k, v in list(self._live().data.items())}
+
+    def __repr__(self) -> str:
+        try:
+            return f"<walsess.Session ref={self.ref} keys={sorted(self._live().data)}>"
+        except SessionNotFound:
+            return f"<walsess.Session ref={self.ref} (gone)>"
+        except Exception:
+            return f"<walsess.Session ref={self.ref}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Session):
+            return self._state is other._state and self._digest == other._digest
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable mapping
