@@ -28,9 +28,11 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 import re
 import struct
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from enum import IntEnum
 from typing import NamedTuple, Union
@@ -40,6 +42,7 @@ import crcmod.predefined
 from .errors import CorruptionError, FormatError, InvalidKey, LimitError
 
 __all__ = [
+    "CRC_C_EXTENSION",
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "LOG_MAGIC",
@@ -102,6 +105,13 @@ _KIND_DELETE = 1
 DIGEST_SIZE = 32
 
 _crc_fun = crcmod.predefined.mkPredefinedCrcFun("crc-32c")
+#: True when crcmod's C extension computes checksums (the pure-Python fallback
+#: is about 50 times slower; install a compiler and reinstall crcmod to get it).
+CRC_C_EXTENSION: bool = bool(
+    getattr(importlib.import_module("crcmod.crcmod"), "_usingExtension", False)
+)
+if not CRC_C_EXTENSION:  # pragma: no cover - depends on the installation
+    warnings.warn("crcmod's C extension is missing: walsess will be slow", stacklevel=2)
 _MASK_DELTA = 0xA282EAD8
 
 

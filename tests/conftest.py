@@ -1,0 +1,58 @@
+"""Shared test fixtures: an injectable clock, a store directory, hypothesis profiles.
+
+Hypothesis runs derandomized under the ``ci`` profile (selected when CI is
+set, or with HYPOTHESIS_PROFILE=ci) so a CI run is repeatable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+import walsess
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+class FakeClock:
+    """A clock tests move by hand: no test sleeps to wait for expiry."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "store")
+
+
+@pytest.fixture
+def store(store_dir: str, clock: FakeClock) -> Iterator[walsess.Store]:
+    s = walsess.open(store_dir, clock=clock)
+    try:
+        yield s
+    finally:
+        s.close()

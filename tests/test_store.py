@@ -1,0 +1,545 @@
+"""The Store/Session API: semantics, bad input, expiry, security, locking, durability."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FakeClock
+
+import walsess
+from walsess import record as r
+from walsess.fileio import FileSystem
+from walsess.table import SessionTable
+
+
+def log_files(path: str) -> list[Path]:
+    return sorted(Path(path).glob("*.log"))
+
+
+def log_bytes(path: str) -> bytes:
+    return b"".join(p.read_bytes() for p in log_files(path))
+
+
+def reopen(store: walsess.Store, clock: FakeClock, **kw: Any) -> walsess.Store:
+    store.close()
+    return walsess.open(store.path, clock=clock, **kw)
+
+
+# -- basic semantics ------------------------------------------------------------
+
+
+def test_the_issue_example(store_dir: str, clock: FakeClock) -> None:
+    store = walsess.open(store_dir, durability="interval", default_ttl=1800, clock=clock)
+    with store:
+        s = store.create({"user_id": 42}, ttl=3600, user="42")
+        s["cart"] = [1, 2]
+        s.update(a=1, b=2)
+        del s["a"]
+        assert dict(s) == {"user_id": 42, "cart": [1, 2], "b": 2}
+        assert s.get("cart") == [1, 2] and s.get("nope", 7) == 7 and len(s) == 3
+        assert s.user == "42" and s.created_at == clock.now and s.expires_at == clock.now + 3600
+        assert len(s.ref) == 16 and s.ref not in s.id
+        got = store.get(s.id)
+        assert got is not None and got.to_dict() == dict(s)
+        assert store.exists(s.id) and s.id in store and len(store) == 1
+        new = store.regenerate(s.id)
+        assert store.get(s.id) is None and store.get(new.id) is not None
+        with pytest.raises(walsess.SessionNotFound):
+            s["x"] = 1
+        assert store.touch(new.id, ttl=10)
+        assert new.expires_at == clock.now + 10
+        new.clear()
+        assert dict(new) == {}
+        assert store.destroy(new.id) and not store.destroy(new.id)
+        assert len(store) == 0
+        store.sync()
+        stats = store.stats()
+        assert stats["sessions"] == 0 and stats["records_appended"] == 8 and stats["fsyncs"] >= 1
+    store = walsess.open(store_dir, clock=clock)
+    with store:
+        assert store.recovery.records == 8 and store.recovery.clean and len(store) == 0
+
+
+def test_state_survives_reopen(store: walsess.Store, clock: FakeClock) -> None:
+    a = store.create({"n": 1, "l": [1, {"x": None}]}, user="u1", meta={"ip": "10.0.0.1"})
+    b = store.create()
+    a["s"] = "ü"
+    a.update({"n": 2}, m=3)
+    b.replace({"only": True})
+    del a["l"]
+    tok_b = store.regenerate(b.id).id
+    created = a.created_at
+    store2 = reopen(store, clock)
+    with store2:
+        a2 = store2.get(a.id)
+        assert a2 is not None and dict(a2) == {"n": 2, "s": "ü", "m": 3}
+        assert a2.user == "u1" and a2.meta == {"ip": "10.0.0.1"} and a2.created_at == created
+        assert store2.get(b.id) is None
+        b2 = store2.get(tok_b)
+        assert b2 is not None and dict(b2) == {"only": True}
+
+
+def test_reads_return_copies(store: walsess.Store) -> None:
+    s = store.create({"l": [1]})
+    s["l"].append(2)
+    assert s["l"] == [1]
+
+
+def test_revoke_by_ref(store: walsess.Store) -> None:
+    s = store.create({"a": 1})
+    assert not store.revoke("0" * 16) and not store.revoke("xyz") and not store.revoke(s.id)
+    assert store.revoke(s.ref) and store.get(s.id) is None and not store.revoke(s.ref)
+
+
+def test_unknown_tokens(store: walsess.Store) -> None:
+    store.create()
+    for bad in ("", "nope", "x" * 10_000, 42, None, b"bytes"):
+        assert store.get(bad) is None  # type: ignore[arg-type]
+        assert not store.exists(bad)  # type: ignore[arg-type]
+        assert not store.destroy(bad)  # type: ignore[arg-type]
+        assert not store.touch(bad)  # type: ignore[arg-type]
+    with pytest.raises(walsess.SessionNotFound):
+        store.regenerate("nope")
+
+
+# -- bad input: a clear error and nothing written ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "error"),
+    [
+        (lambda s, st: s.__setitem__("k", {1, 2}), walsess.CodecError),
+        (lambda s, st: s.__setitem__("k", float("nan")), walsess.CodecError),
+        (lambda s, st: s.__setitem__("k", object()), walsess.CodecError),
+        (lambda s, st: s.__setitem__(1, "v"), walsess.InvalidKey),
+        (lambda s, st: s.__setitem__(b"k", "v"), walsess.InvalidKey),
+        (lambda s, st: s.__setitem__("k" * 65536, "v"), walsess.InvalidKey),
+        (lambda s, st: s.__setitem__("k", "x" * 2000), walsess.ValueTooLarge),
+        (lambda s, st: s.update(ok=1, bad={1}), walsess.CodecError),
+        (lambda s, st: s.update({"ok": 1, 2: "v"}), walsess.InvalidKey),
+        (lambda s, st: s.__delitem__("missing"), KeyError),
+        (lambda s, st: st.create({"k": {1}}), walsess.CodecError),
+        (lambda s, st: st.create({3: 1}), walsess.InvalidKey),
+        (lambda s, st: st.create(ttl=0), walsess.ValidationError),
+        (lambda s, st: st.create(ttl=float("inf")), walsess.ValidationError),
+        (lambda s, st: st.create(ttl="10"), walsess.ValidationError),
+        (lambda s, st: st.create(user=42), walsess.ValidationError),
+        (lambda s, st: st.create(meta={"x": {1}}), walsess.CodecError),
+        (lambda s, st: st.touch(s.id, ttl=-1), walsess.ValidationError),
+    ],
+)
+def test_bad_input_raises_and_writes_nothing(
+    store_dir: str, clock: FakeClock, action: Any, error: type[Exception]
+) -> None:
+    store = walsess.open(store_dir, clock=clock, max_value_bytes=1000)
+    with store:
+        s = store.create({"k": 1})
+        before = log_bytes(store_dir)
+        with pytest.raises(error) as info:
+            action(s, store)
+        if error is not KeyError:
+            assert isinstance(info.value, walsess.WalsessError)
+        assert log_bytes(store_dir) == before
+        assert dict(s) == {"k": 1} and len(store) == 1
+
+
+def test_closed_store(store_dir: str, clock: FakeClock) -> None:
+    store = walsess.open(store_dir, clock=clock)
+    s = store.create({"a": 1})
+    store.close()
+    store.close()  # idempotent
+    for action in (
+        lambda: store.create(),
+        lambda: store.get(s.id),
+        lambda: s.__setitem__("a", 2),
+        lambda: s["a"],
+        lambda: len(store),
+        lambda: store.sync(),
+    ):
+        with pytest.raises(walsess.StoreClosed):
+            action()
+
+
+def test_bad_options(store_dir: str) -> None:
+    with pytest.raises(ValueError, match="durability"):
+        walsess.open(store_dir, durability="sometimes")
+    with pytest.raises(walsess.ValidationError):
+        walsess.open(store_dir, default_ttl=-5)
+    with pytest.raises(ValueError, match="codec"):
+        walsess.open(store_dir, codec="yaml")
+    # a failed open leaves the store openable
+    walsess.open(store_dir).close()
+
+
+def test_pickle_only_by_name(store_dir: str, clock: FakeClock) -> None:
+    with walsess.open(store_dir, clock=clock) as store, pytest.raises(walsess.CodecError):
+        store.create({"t": (1, 2)})["b"] = b"bytes"
+    with walsess.open(store_dir + "p", clock=clock, codec="pickle") as store:
+        s = store.create({"b": b"bytes", "t": (1, 2)})
+        tok = s.id
+    with walsess.open(store_dir + "p", clock=clock, codec=walsess.PICKLE) as store:
+        got = store.get(tok)
+        assert got is not None and got["b"] == b"bytes" and got["t"] == (1, 2)
+
+
+# -- expiry ---------------------------------------------------------------------
+
+
+def test_idle_expiry_and_sliding(store: walsess.Store, clock: FakeClock) -> None:
+    s = store.create({"a": 1}, ttl=100)
+    clock.advance(99)
+    assert store.get(s.id) is not None  # extends to now + 100
+    clock.advance(99)
+    assert store.exists(s.id)  # exists does not extend
+    clock.advance(1)
+    assert store.get(s.id) is None and not store.exists(s.id) and len(store) == 0
+    with pytest.raises(walsess.SessionNotFound, match="expired"):
+        s["a"]
+    with pytest.raises(walsess.SessionNotFound):
+        s["b"] = 2
+    assert not store.destroy(s.id) and not store.touch(s.id)
+
+
+def test_max_lifetime_is_absolute(store_dir: str, clock: FakeClock) -> None:
+    with walsess.open(store_dir, clock=clock, max_lifetime=250) as store:
+        s = store.create(ttl=100)
+        for _ in range(4):
+            clock.advance(60)
+            assert store.get(s.id) is not None
+        clock.advance(10)
+        assert store.get(s.id) is None
+
+
+def test_extension_is_logged_only_per_granularity(store_dir: str, clock: FakeClock) -> None:
+    with walsess.open(store_dir, clock=clock, touch_granularity=60) as store:
+        s = store.create(ttl=1800)
+        size = len(log_bytes(store_dir))
+        for _ in range(59):
+            clock.advance(1)
+            assert store.get(s.id) is not None
+        assert len(log_bytes(store_dir)) == size  # 59 s of reads: nothing written
+        clock.advance(1)
+        store.get(s.id)
+        assert len(log_bytes(store_dir)) == size + r.RECORD_OVERHEAD + 16  # one TOUCH
+        clock.advance(30)
+        store.get(s.id)
+        assert len(log_bytes(store_dir)) == size + r.RECORD_OVERHEAD + 16
+
+
+def test_expiry_after_restart_never_later_and_within_granularity(
+    store_dir: str, clock: FakeClock
+) -> None:
+    for ttl, gran in ((1800.0, 60.0), (30.0, 60.0)):
+        path = f"{store_dir}-{ttl}"
+        with walsess.open(path, clock=clock, touch_granularity=gran) as store:
+            s = store.create(ttl=ttl)
+            tok = s.id
+            for step in range(50):
+                clock.advance(0.7 * (step % 5))
+                store.get(tok)
+            in_memory = s.expires_at
+        effective = min(gran, ttl / 10)
+        with walsess.open(path, clock=clock, touch_granularity=gran) as store:
+            st = store._table.find(walsess.tokens.digest(tok))
+            assert st is not None
+            assert in_memory - effective < st.expires_at <= in_memory
+
+
+# -- security -------------------------------------------------------------------
+
+
+def test_files_owner_only_and_no_token_on_disk(tmp_path: Path, clock: FakeClock) -> None:
+    old = os.umask(0)
+    try:
+        path = str(tmp_path / "a" / "store")
+        with walsess.open(path, clock=clock) as store:
+            tokens = [store.create({"k": i}).id for i in range(20)]
+            regenerated = store.regenerate(tokens[0]).id
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+    for f in Path(path).iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    disk = log_bytes(path)
+    for t in [*tokens, regenerated]:
+        assert len(t) >= 43 and t.encode() not in disk
+        assert walsess.tokens.digest(t) in disk or t == tokens[0]
+
+
+def test_tokens_are_256_bit_and_unique(store: walsess.Store) -> None:
+    import base64
+
+    toks = {store.create().id for _ in range(200)}
+    assert len(toks) == 200
+    for t in toks:
+        assert len(base64.urlsafe_b64decode(t + "=")) == 32
+
+
+def test_crcmod_c_extension_in_use() -> None:
+    import inspect
+
+    assert r.CRC_C_EXTENSION
+    # and the function computing our checksums really is the compiled one
+    inner = r._crc_fun.__defaults__[-1]  # type: ignore[attr-defined]
+    assert inspect.isbuiltin(inner)
+
+
+# -- SID space ------------------------------------------------------------------
+
+
+def test_sid_wraps_without_reusing_a_live_sid(store: walsess.Store, clock: FakeClock) -> None:
+    keep = store.create({"first": True})  # sid 1
+    store._table.next_sid = 2**32 - 3
+    made = [store.create({"i": i}) for i in range(6)]
+    sids = [m._state.sid for m in [keep, *made]]
+    assert len(set(sids)) == len(sids)
+    assert sids[1:4] == [2**32 - 3, 2**32 - 2, 2**32 - 1]
+    assert 1 not in sids[4:] and 0 not in sids
+    assert all(0 < x < 2**32 for x in sids)
+    toks = {m.id: dict(m) for m in [keep, *made]}
+    store2 = reopen(store, clock)
+    with store2:
+        for tok, data in toks.items():
+            got = store2.get(tok)
+            assert got is not None and dict(got) == data
+        assert store2.create()._state.sid not in sids
+
+
+def test_sid_space_exhausted_is_store_full() -> None:
+    t = SessionTable()
+    t.by_sid = dict.fromkeys(range(1, 5))  # type: ignore[arg-type]
+    t.next_sid = 3
+    assert t.allocate_sid() == 5
+    import walsess.table as tbl
+
+    real = tbl.MAX_SID
+    try:
+        tbl.MAX_SID = 4
+        t.by_sid = dict.fromkeys(range(1, 5))  # type: ignore[arg-type]
+        with pytest.raises(walsess.StoreFull):
+            t.allocate_sid()
+    finally:
+        tbl.MAX_SID = real
+
+
+# -- locking --------------------------------------------------------------------
+
+
+def test_second_opener_in_process_is_refused(store: walsess.Store, store_dir: str) -> None:
+    with pytest.raises(walsess.LockedError, match="LOCK"):
+        walsess.open(store_dir)
+
+
+def test_lock_across_processes_and_released_by_crash(store_dir: str) -> None:
+    script = (
+        "import sys, walsess\n"
+        "s = walsess.open(sys.argv[1])\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, store_dir],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        with pytest.raises(walsess.LockedError):
+            walsess.open(store_dir)
+        child.kill()
+        child.wait()
+        walsess.open(store_dir).close()  # the kernel released the dead holder's lock
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_thread_safety(store: walsess.Store, clock: FakeClock) -> None:
+    sessions = [store.create() for _ in range(8)]
+
+    def work(i: int) -> None:
+        for j in range(300):
+            sessions[i][f"k{j % 7}"] = j
+            sessions[(i + 1) % 8].get("k0")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = {
+        i: {f"k{k}": max(j for j in range(300) if j % 7 == k) for k in range(7)} for i in range(8)
+    }
+    store2 = reopen(store, clock)
+    with store2:
+        for i, s in enumerate(sessions):
+            got = store2.get(s.id)
+            assert got is not None and dict(got) == expected[i]
+
+
+# -- durability: group commit, fsync failure, write failure ------------------------
+
+
+class CountingFS(FileSystem):
+    """Counts fsyncs; each fsync takes *latency* seconds, like a real disk."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.fsyncs = 0
+        self.latency = latency
+        self.written = 0
+        self.synced_at_fsync: list[int] = []
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        n = super().write(fd, data)
+        self.written += n
+        return n
+
+    def fsync(self, fd: int) -> None:
+        seen = self.written
+        if self.latency:
+            time.sleep(self.latency)  # models device latency; not waiting for a result
+        super().fsync(fd)
+        self.fsyncs += 1
+        self.synced_at_fsync.append(seen)
+
+
+def test_group_commit_shares_fsyncs(store_dir: str) -> None:
+    fs = CountingFS(latency=0.002)
+    store = walsess.open(store_dir, durability="always", fs=fs)
+    sessions = [store.create() for _ in range(8)]
+    base = fs.fsyncs
+    per_thread = 50
+    acked: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def work(s: walsess.Session) -> None:
+        for j in range(per_thread):
+            s["k"] = j
+            with lock:
+                acked.append((fs.written, max(fs.synced_at_fsync, default=0)))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    commits = 8 * per_thread
+    used = fs.fsyncs - base
+    store.close()
+    assert used < commits / 3, f"{used} fsyncs for {commits} commits"
+
+
+def test_always_returns_only_after_fsync_covers_the_record(store_dir: str) -> None:
+    fs = CountingFS()
+    with walsess.open(store_dir, durability="always", fs=fs) as store:
+        s = store.create()
+        for j in range(20):
+            s["k"] = j
+            assert fs.synced_at_fsync and fs.synced_at_fsync[-1] >= fs.written
+
+
+class FailingFS(FileSystem):
+    def __init__(self) -> None:
+        self.fail_fsync = False
+        self.fail_write: int | None = None
+        self.short_write = False
+        self.fsync_calls_after_failure = 0
+        self.failed = False
+
+    def fsync(self, fd: int) -> None:
+        if self.failed:
+            self.fsync_calls_after_failure += 1
+        if self.fail_fsync:
+            self.failed = True
+            raise OSError(errno.EIO, "Input/output error")
+        super().fsync(fd)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        if self.fail_write is not None:
+            raise OSError(self.fail_write, os.strerror(self.fail_write))
+        if self.short_write and len(data) > 1:
+            return super().write(fd, data[: len(data) // 2])
+        return super().write(fd, data)
+
+
+def test_failed_fsync_poisons_and_is_never_retried(store_dir: str, clock: FakeClock) -> None:
+    fs = FailingFS()
+    store = walsess.open(store_dir, durability="always", fs=fs, clock=clock)
+    s = store.create({"a": 1})
+    fs.fail_fsync = True
+    with pytest.raises(walsess.StorePoisoned, match="fsync"):
+        s["a"] = 2
+    for action in (lambda: s.__setitem__("a", 3), lambda: store.create(), store.sync):
+        with pytest.raises(walsess.StorePoisoned):
+            action()
+    assert s["a"] == 2  # reads still work; the record reached the OS
+    with pytest.raises(walsess.StorePoisoned):
+        store.sync()
+    store.close()  # releases the lock without retrying the fsync
+    assert fs.fsync_calls_after_failure == 0
+    with walsess.open(store_dir, clock=clock) as again:
+        got = again.get(s.id)
+        assert got is not None and got["a"] == 2
+
+
+def test_failed_write_applies_nothing(store_dir: str, clock: FakeClock) -> None:
+    fs = FailingFS()
+    with walsess.open(store_dir, fs=fs, clock=clock) as store:
+        s = store.create({"a": 1})
+        size = len(log_bytes(store_dir))
+        fs.fail_write = errno.ENOSPC
+        with pytest.raises(walsess.StorageError, match="No space left") as info:
+            s["a"] = 2
+        assert isinstance(info.value.__cause__, OSError)
+        with pytest.raises(walsess.StorageError):
+            store.create({"b": 1})
+        assert s["a"] == 1 and len(store) == 1 and len(log_bytes(store_dir)) == size
+        fs.fail_write = None
+        s["a"] = 3
+    with walsess.open(store_dir, clock=clock) as store:
+        got = store.get(s.id)
+        assert got is not None and got["a"] == 3 and store.recovery.clean
+
+
+def test_short_writes_are_completed(store_dir: str, clock: FakeClock) -> None:
+    fs = FailingFS()
+    fs.short_write = True
+    with walsess.open(store_dir, fs=fs, clock=clock) as store:
+        s = store.create({"a": 1})
+        s.update(b=2, c=[3])
+    with walsess.open(store_dir, clock=clock) as store:
+        got = store.get(s.id)
+        assert got is not None and dict(got) == {"a": 1, "b": 2, "c": [3]}
+        assert store.recovery.clean
+
+
+def test_interval_mode_fsyncs_in_the_background(store_dir: str) -> None:
+    fs = CountingFS()
+    with walsess.open(store_dir, durability="interval", fsync_interval=0.01, fs=fs) as store:
+        store.create()
+        deadline = time.monotonic() + 10
+        while fs.fsyncs < 2 and time.monotonic() < deadline:  # 1 at creation, 1 by the flusher
+            time.sleep(0.005)
+        assert fs.fsyncs >= 2
+
+
+def test_never_mode_fsyncs_only_on_close(store_dir: str) -> None:
+    fs = CountingFS()
+    store = walsess.open(store_dir, durability="never", fs=fs)
+    base = fs.fsyncs
+    s = store.create()
+    for i in range(50):
+        s["k"] = i
+    assert fs.fsyncs == base
+    store.close()
+    assert fs.fsyncs == base + 1
