@@ -181,7 +181,11 @@ def test_key_bytes_validation() -> None:
 
 
 def test_encode_set_equals_general_modify() -> None:
-    assert r.encode_set(5, b"key", b"[1]") == r.encode_modify(5, False, [(b"key", b"[1]")])
+    assert r.encode_set(5, "key", b"[1]") == r.encode_modify(5, False, [(b"key", b"[1]")])
+    assert r.encode_set(5, "ключ", b"") == r.encode_modify(5, False, [("ключ".encode(), b"")])
+    for bad in (b"k", 1, "k" * 65536):
+        with pytest.raises(walsess.InvalidKey):
+            r.encode_set(1, bad, b"1")  # type: ignore[arg-type]
 
 
 def test_infinity_survives() -> None:

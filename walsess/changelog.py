@@ -89,6 +89,9 @@ class ChangeLog:
         self.generation = generation
         self.path = os.path.join(directory, log_name(generation))
         self._fs = fs
+        # The plain file system's write is os.write itself: skip the wrapper's
+        # frame on the hot path. A subclass (fault injection) is always called.
+        self._write = os.write if type(fs).write is FileSystem.write else fs.write
         self._fd: int | None = fd
         #: Bytes in the current file.
         self.size = size
@@ -113,10 +116,15 @@ class ChangeLog:
         cls,
         directory: str,
         fs: FileSystem,
-        apply: Callable[[Record], None],
+        apply: Callable[[Record], object],
+        set_key: Callable[[int, str, bytes], object],
         max_value: int,
     ) -> tuple[ChangeLog, Recovery]:
-        """Replay every log file into *apply*, cut a torn tail, open the newest for append."""
+        """Replay every log file, cut a torn tail, and open the newest for append.
+
+        Each record goes to ``apply(record)``, except single-key sets, which go
+        to ``set_key(sid, key, value)`` (see :meth:`RecordReader.replay`).
+        """
         gens = cls.generations(directory)
         if not gens:
             return cls._create(directory, fs, generation=1, follows=0), Recovery(0, (), ())
@@ -147,9 +155,7 @@ class ChangeLog:
                 )
             reader = RecordReader(buf, HEADER_SIZE, max_value)
             try:
-                for _offset, rec in reader:
-                    apply(rec)
-                    records += 1
+                records += reader.replay(lambda _pos, rec: apply(rec), set_key)
             except FileError as exc:
                 raise exc.located(path) from None
             good_end = reader.end
@@ -205,7 +211,7 @@ class ChangeLog:
         if fd is None:
             raise StorageError(f"{self.path} is closed")
         try:
-            n = self._fs.write(fd, data)
+            n = self._write(fd, data)
             if n != len(data):  # a short write: finish it, or cut it back below
                 self._fs.write_all(fd, data[n:])
         except OSError as exc:

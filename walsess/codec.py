@@ -35,29 +35,51 @@ class Codec(Protocol):
     def decode(self, data: bytes) -> Any: ...
 
 
+def _not_json(obj: Any) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
 class JSONCodec:
     """Compact ASCII JSON; rejects NaN/Infinity and anything json cannot encode.
 
     JSON turns tuples into lists and non-str dict keys into strings, as it
-    does everywhere. Cost: about 1 us to encode a small value.
+    does everywhere. It drives the json module's C encoder and scanner
+    directly, built once, which is several times faster than ``json.dumps``
+    and ``json.loads`` for the small values sessions hold.
     """
 
     name = "json"
 
     def __init__(self) -> None:
-        self._encode = json.JSONEncoder(
-            separators=(",", ":"), ensure_ascii=True, allow_nan=False
-        ).encode
-        self._decode = json.JSONDecoder().decode
+        make_encoder = getattr(json.encoder, "c_make_encoder", None)
+        if make_encoder is not None:
+            # markers=None: no circularity bookkeeping; a cycle ends in RecursionError.
+            c_encode = make_encoder(
+                None, _not_json, json.encoder.encode_basestring_ascii, None,
+                ":", ",", False, False, False,
+            )  # fmt: skip
+            self._encode_str: Any = lambda value: "".join(c_encode(value, 0))
+        else:  # pragma: no cover - Pythons without the _json accelerator
+            self._encode_str = json.JSONEncoder(
+                separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_not_json
+            ).encode
+        self._scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
     def encode(self, value: Any) -> bytes:
         try:
-            return self._encode(value).encode("ascii")
+            return self._encode_str(value).encode("ascii")  # type: ignore[no-any-return]
         except (TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"value cannot be stored as JSON: {exc}") from None
 
     def decode(self, data: bytes) -> Any:
-        return self._decode(data.decode("ascii"))
+        text = data.decode("ascii")
+        try:
+            value, end = self._scan(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            raise json.JSONDecodeError("not a single JSON value", text, max(end, 0))
+        return value
 
 
 class PickleCodec:

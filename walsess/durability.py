@@ -42,6 +42,9 @@ class SyncPolicy:
     name = "never"
     #: True if :meth:`wait` must be called after each commit (outside the store lock).
     waits = False
+    #: The store calls :meth:`appended` only while this is False, saving a call per
+    #: write for the policies that do nothing then.
+    dirty = True
 
     def __init__(self, fsync: Callable[[], None], position: Callable[[], int]) -> None:
         self._fsync = fsync

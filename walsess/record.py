@@ -10,8 +10,8 @@ Layout (little-endian)::
     header := magic[8] version:u16 flags:u16 generation:u64 follows:u64 crc:u32   (32 bytes)
     record := op:u8 sid:u32 length:u32 payload[length] crc:u32                    (13 + length)
 
-``crc`` is CRC-32C (Castagnoli), masked as LevelDB masks it, over every byte
-of the record before it, so the length field is covered too.
+``crc`` is CRC-32C (Castagnoli) over every byte of the record before it, so
+the length field is covered too.
 
 Decoding trusts nothing: every length is checked against the bytes that
 remain before anything is sliced, and a record whose checksum fails is
@@ -33,9 +33,9 @@ import re
 import struct
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import IntEnum
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 import crcmod.predefined
 
@@ -96,6 +96,8 @@ _TOUCH = struct.Struct("<BIIdd")
 _DESTROY = struct.Struct("<BIIB")
 _CHANGE_ID = struct.Struct("<BII32s")
 _F64X2 = struct.Struct("<dd")
+_ONE_SET_HEAD = struct.Struct("<BII6sH")
+_ONE_SET_SHAPE = b"\x00\x01\x00\x00\x00\x00"
 
 _CREATE_HAS_USER = 0x01
 _CREATE_HAS_META = 0x02
@@ -112,17 +114,31 @@ CRC_C_EXTENSION: bool = bool(
 )
 if not CRC_C_EXTENSION:  # pragma: no cover - depends on the installation
     warnings.warn("crcmod's C extension is missing: walsess will be slow", stacklevel=2)
-_MASK_DELTA = 0xA282EAD8
+
+
+# crcmod wraps its C function in a Python closure; calling the C function
+# directly saves a Python frame per record, which replay speed notices.
+# _crc_c(data, state, table) returns the raw register: xor with 0xffffffff.
+def _crc_via_closure(data: bytes | memoryview, crc: int, table: Any) -> int:
+    return int(_crc_fun(data)) ^ 0xFFFFFFFF
+
+
+_defaults: tuple[Any, ...] = _crc_fun.__defaults__ or ()
+_crc_c: Callable[[bytes | memoryview, int, Any], int] = _crc_via_closure
+_crc_table: Any = None
+if len(_defaults) == 3 and _defaults[0] == 0:
+    _crc_table, _crc_c = _defaults[1], _defaults[2]
 
 
 def crc32c(data: bytes | memoryview) -> int:
-    """CRC-32C of *data*, masked as LevelDB masks stored checksums.
+    """CRC-32C (Castagnoli) of *data*. Costs one C call."""
+    return _crc_c(data, 0xFFFFFFFF, _crc_table) ^ 0xFFFFFFFF
 
-    Masking (rotate right 15, add a constant) keeps the CRC of data that
-    itself contains CRCs from being degenerate. Costs one C call.
-    """
-    c: int = _crc_fun(data)
-    return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+#: What the raw C CRC routine returns over a whole record (or header) whose
+#: trailing CRC field is right: CRC-32C's residue 0x48674bc7, before the final
+#: xor. Checking a record is then one call and one comparison.
+_RESIDUE_RAW = 0x48674BC7 ^ 0xFFFFFFFF
 
 
 class Op(IntEnum):
@@ -289,19 +305,35 @@ def encode_touch(sid: int, idle_deadline: float, ttl: float) -> bytes:
     return _seal(_TOUCH.pack(Op.TOUCH, sid, 16, idle_deadline, ttl))
 
 
-def encode_set(sid: int, key: bytes, value: bytes) -> bytes:
-    """A MODIFY record that sets one key: the hot path, built with one struct call."""
-    n = 1 + 4 + 1 + 2 + len(key) + 4 + len(value)
-    return _seal(
-        b"".join(
-            (
-                _SET_HEAD.pack(Op.MODIFY, sid, n, 0, 1, _KIND_SET, len(key)),
-                key,
-                _U32.pack(len(value)),
-                value,
-            )
-        )
-    )
+_OP_MODIFY = 3
+# Per-key packers for encode_set: validating and encoding a key, and building
+# a struct for its length, happen once per distinct key rather than per write.
+_SET_PACKERS: dict[str, tuple[bytes, Callable[..., bytes]]] = {}
+_SET_PACKERS_MAX = 4096
+
+
+def _set_packer(key: object) -> tuple[bytes, Callable[..., bytes]]:
+    kb = key_bytes(key)
+    packer = struct.Struct(f"<BIIBIBH{len(kb)}sI").pack
+    if type(key) is str:
+        if len(_SET_PACKERS) >= _SET_PACKERS_MAX:
+            _SET_PACKERS.clear()
+        _SET_PACKERS[key] = (kb, packer)
+    return kb, packer
+
+
+def encode_set(sid: int, key: str, value: bytes) -> bytes:
+    """A MODIFY record that sets one key: the hot path.
+
+    Validates *key* like :func:`key_bytes` (raising :class:`InvalidKey`), then
+    builds the record with one struct call and one CRC call.
+    """
+    entry = _SET_PACKERS.get(key) if type(key) is str else None
+    kb, pack = entry or _set_packer(key)
+    klen = len(kb)
+    vlen = len(value)
+    body = pack(_OP_MODIFY, sid, 12 + klen + vlen, 0, 1, _KIND_SET, klen, kb, vlen) + value
+    return body + _U32.pack(_crc_c(body, 0xFFFFFFFF, _crc_table) ^ 0xFFFFFFFF)
 
 
 def encode_modify(sid: int, clear: bool, changes: Iterable[tuple[bytes, bytes | None]]) -> bytes:
@@ -363,114 +395,152 @@ def decode_header(buf: bytes | memoryview) -> Header:
 
 
 _intern = sys.intern
+_unpack_u16 = _U16.unpack_from
+_unpack_u32 = _U32.unpack_from
 
 
-class _Payload:
-    """A bounds-checked cursor over one record's payload (already CRC-verified)."""
-
-    __slots__ = ("buf", "end", "pos", "start")
-
-    def __init__(self, buf: bytes, start: int, end: int) -> None:
-        self.buf = buf
-        self.start = start
-        self.pos = start
-        self.end = end
-
-    def fail(self, why: str) -> CorruptionError:
-        return CorruptionError(f"malformed payload: {why}", None, self.pos)
-
-    def take(self, n: int) -> bytes:
-        p = self.pos
-        if n > self.end - p:
-            raise self.fail(f"field of {n} bytes runs past the record")
-        self.pos = p + n
-        return self.buf[p : p + n]
-
-    def u8(self) -> int:
-        p = self.pos
-        if p >= self.end:
-            raise self.fail("missing byte")
-        self.pos = p + 1
-        return self.buf[p]
-
-    def u16(self) -> int:
-        return int(_U16.unpack(self.take(2))[0])
-
-    def u32(self) -> int:
-        return int(_U32.unpack(self.take(4))[0])
-
-    def key(self) -> str:
-        kb = self.take(self.u16())
-        try:
-            return _intern(kb.decode())
-        except UnicodeDecodeError:
-            raise self.fail("key is not UTF-8") from None
-
-    def value(self, max_value: int) -> bytes:
-        n = self.u32()
-        if n > max_value:
-            raise LimitError(
-                f"value of {n} bytes exceeds max_value_bytes={max_value};"
-                " reopen with a larger max_value_bytes",
-                None,
-                self.pos - 4,
-            )
-        return self.take(n)
-
-    def count(self, min_entry: int) -> int:
-        n = self.u32()
-        if n * min_entry > self.end - self.pos:
-            raise self.fail(f"count {n} cannot fit in the remaining bytes")
-        return n
-
-    def done(self) -> None:
-        if self.pos != self.end:
-            raise self.fail(f"{self.end - self.pos} unexpected bytes after the last field")
+def _malformed(why: str, offset: int) -> CorruptionError:
+    return CorruptionError(f"malformed payload: {why}", None, offset)
 
 
-def _decode_payload(op: int, sid: int, buf: bytes, start: int, end: int, max_value: int) -> Record:
-    p = _Payload(buf, start, end)
+def _short(offset: int) -> CorruptionError:
+    return _malformed("a field runs past the end of the record", offset)
+
+
+def _decode_key(kb: bytes, offset: int) -> str:
+    try:
+        return _intern(kb.decode())
+    except UnicodeDecodeError:
+        raise _malformed("key is not UTF-8", offset) from None
+
+
+def _too_large(n: int, max_value: int, offset: int) -> LimitError:
+    return LimitError(
+        f"value of {n} bytes exceeds max_value_bytes={max_value};"
+        " reopen with a larger max_value_bytes",
+        None,
+        offset,
+    )
+
+
+def _decode_changes(
+    buf: bytes, pos: int, end: int, max_value: int, keys: dict[bytes, str], kinds: bool
+) -> tuple[list[tuple[str, bytes | None]], int]:
+    """A ``count:u32`` then count x ([kind] key [value]), bounds-checked; returns (list, pos)."""
+    if pos + 4 > end:
+        raise _short(pos)
+    n = _unpack_u32(buf, pos)[0]
+    pos += 4
+    if n * (3 if kinds else 6) > end - pos:
+        raise _malformed(f"count {n} cannot fit in the remaining bytes", pos - 4)
+    out: list[tuple[str, bytes | None]] = []
+    append = out.append
+    for _ in range(n):
+        kind = 0
+        if kinds:
+            if pos >= end:
+                raise _short(pos)
+            kind = buf[pos]
+            pos += 1
+            if kind > _KIND_DELETE:
+                raise _malformed(f"unknown change kind {kind}", pos - 1)
+        if pos + 2 > end:
+            raise _short(pos)
+        k_end = pos + 2 + _unpack_u16(buf, pos)[0]
+        if k_end > end:
+            raise _short(pos)
+        kb = buf[pos + 2 : k_end]
+        key = keys.get(kb)
+        if key is None:
+            key = keys[kb] = _decode_key(kb, pos)
+        pos = k_end
+        if kind == _KIND_DELETE:
+            append((key, None))
+            continue
+        if pos + 4 > end:
+            raise _short(pos)
+        vlen = _unpack_u32(buf, pos)[0]
+        if vlen > max_value:
+            raise _too_large(vlen, max_value, pos)
+        v_end = pos + 4 + vlen
+        if v_end > end:
+            raise _short(pos)
+        append((key, buf[pos + 4 : v_end]))
+        pos = v_end
+    return out, pos
+
+
+def _decode_payload(
+    op: int,
+    sid: int,
+    buf: bytes,
+    start: int,
+    end: int,
+    max_value: int,
+    keys: dict[bytes, str] | None = None,
+) -> Record:
+    """The record whose checksum-verified payload is ``buf[start:end]``.
+
+    Raises with the absolute offset in *buf* of what is wrong.
+    """
+    if keys is None:
+        keys = {}
     rec: Record
-    if op == Op.MODIFY:
-        flags = p.u8()
+    pos = start
+    if op == _OP_MODIFY:
+        if end - pos < 1:
+            raise _short(pos)
+        flags = buf[pos]
         if flags & ~_MODIFY_CLEAR:
-            raise FormatError(f"unknown MODIFY flags {flags:#x}", None, start)
-        n = p.count(3)
-        changes: list[tuple[str, bytes | None]] = []
-        for _ in range(n):
-            kind = p.u8()
-            key = p.key()
-            if kind == _KIND_SET:
-                changes.append((key, p.value(max_value)))
-            elif kind == _KIND_DELETE:
-                changes.append((key, None))
-            else:
-                raise p.fail(f"unknown change kind {kind}")
+            raise FormatError(f"unknown MODIFY flags {flags:#x}", None, pos)
+        changes, pos = _decode_changes(buf, pos + 1, end, max_value, keys, True)
         rec = Modify(sid, bool(flags), tuple(changes))
     elif op == Op.TOUCH:
-        idle, ttl = _F64X2.unpack(p.take(16))
+        if end - pos < 16:
+            raise _short(pos)
+        idle, ttl = _F64X2.unpack_from(buf, pos)
+        pos += 16
         rec = Touch(sid, idle, ttl)
     elif op == Op.CREATE:
-        digest, created, ttl, idle, hard, flags = _CREATE_FIXED.unpack(p.take(_CREATE_FIXED.size))
+        if end - pos < _CREATE_FIXED.size:
+            raise _short(pos)
+        digest, created, ttl, idle, hard, flags = _CREATE_FIXED.unpack_from(buf, pos)
         if flags & ~(_CREATE_HAS_USER | _CREATE_HAS_META):
-            raise FormatError(f"unknown CREATE flags {flags:#x}", None, start)
+            raise FormatError(f"unknown CREATE flags {flags:#x}", None, pos + 64)
+        pos += _CREATE_FIXED.size
         user = None
         if flags & _CREATE_HAS_USER:
+            if pos + 2 > end or pos + 2 + _unpack_u16(buf, pos)[0] > end:
+                raise _short(pos)
+            u_end = pos + 2 + _unpack_u16(buf, pos)[0]
             try:
-                user = p.take(p.u16()).decode()
+                user = buf[pos + 2 : u_end].decode()
             except UnicodeDecodeError:
-                raise p.fail("user is not UTF-8") from None
-        meta = p.take(p.u32()) if flags & _CREATE_HAS_META else None
-        n = p.count(6)
-        items = tuple((p.key(), p.value(max_value)) for _ in range(n))
-        rec = Create(sid, digest, created, ttl, idle, hard, user, meta, items)
+                raise _malformed("user is not UTF-8", pos) from None
+            pos = u_end
+        meta = None
+        if flags & _CREATE_HAS_META:
+            if pos + 4 > end or pos + 4 + _unpack_u32(buf, pos)[0] > end:
+                raise _short(pos)
+            m_end = pos + 4 + _unpack_u32(buf, pos)[0]
+            meta = buf[pos + 4 : m_end]
+            pos = m_end
+        items, pos = _decode_changes(buf, pos, end, max_value, keys, False)
+        rec = Create(sid, digest, created, ttl, idle, hard, user, meta, tuple(items))  # type: ignore[arg-type]
     elif op == Op.DESTROY:
-        rec = Destroy(sid, p.u8())
+        if end - pos < 1:
+            raise _short(pos)
+        rec = Destroy(sid, buf[pos])
+        pos += 1
     elif op == Op.CHANGE_ID:
-        rec = ChangeId(sid, p.take(DIGEST_SIZE))
+        if end - pos < DIGEST_SIZE:
+            raise _short(pos)
+        rec = ChangeId(sid, buf[pos : pos + DIGEST_SIZE])
+        pos += DIGEST_SIZE
     else:
         raise FormatError(f"unknown record op {op}; written by a newer walsess?", None, start - 9)
-    p.done()
+    if pos != end:
+        raise _malformed(f"{end - pos} unexpected bytes after the last field", pos)
     return rec
 
 
@@ -482,22 +552,24 @@ def _frame_at(buf: bytes, pos: int, end: int) -> int:
     total = RECORD_OVERHEAD + n
     if n > MAX_PAYLOAD_BYTES or total > end - pos:
         return -1
-    crc_at = pos + total - 4
-    if _U32.unpack_from(buf, crc_at)[0] != crc32c(memoryview(buf)[pos:crc_at]):
+    if _crc_c(memoryview(buf)[pos : pos + total], 0xFFFFFFFF, _crc_table) != _RESIDUE_RAW:
         return -1
     return total
 
 
 class RecordReader:
-    """Iterate over the records of a log image, as ``(offset, record)`` pairs.
+    """Read the records of a log image, as ``(offset, record)`` pairs.
 
-    Iteration ends at the end of *buf* (``stop`` is None) or at the first
+    Reading ends at the end of *buf* (``stop`` is None) or at the first
     offset that does not hold a checksum-valid record (``stop`` says where and
     why; ``end`` is the offset after the last good record). A record whose
     checksum is valid but whose content is not is never a crash artifact: it
     raises :class:`CorruptionError`, :class:`FormatError` or :class:`LimitError`
-    with the offset in *buf*. Cost: one CRC pass over the bytes plus one
-    object per record.
+    with the offset in *buf*.
+
+    Iterating builds one object per record. :meth:`replay` is the fast path
+    for opening a store: it hands single-key sets (the bulk of any log) to a
+    callback as plain arguments. Cost: one CRC pass over the bytes.
     """
 
     def __init__(
@@ -510,31 +582,69 @@ class RecordReader:
         self.stop: Stop | None = None
 
     def __iter__(self) -> Iterator[tuple[int, Record]]:
+        out: list[tuple[int, Record]] = []
+        self.replay(lambda pos, rec: out.append((pos, rec)))
+        return iter(out)
+
+    def replay(
+        self,
+        on_record: Callable[[int, Record], object],
+        on_set: Callable[[int, str, bytes], object] | None = None,
+    ) -> int:
+        """Call ``on_record(offset, record)`` for each record in order; return the count.
+
+        With *on_set*, a MODIFY that sets exactly one key calls
+        ``on_set(sid, key, value)`` instead, with no record object built.
+        """
         buf = self.buf
         size = len(buf)
         pos = self.start
         mv = memoryview(buf)
         unpack_head = _RECORD_HEAD.unpack_from
+        # A MODIFY setting one key starts op sid n | flags=0 count=1 kind=0 | klen.
+        unpack_set = _ONE_SET_HEAD.unpack_from
+        one_set = _ONE_SET_SHAPE
         unpack_u32 = _U32.unpack_from
-        crc = crc32c
+        crc_c, table, residue = _crc_c, _crc_table, _RESIDUE_RAW
         max_value = self.max_value
         decode = _decode_payload
+        keys: dict[bytes, str] = {}
+        count = 0
         while pos < size:
-            if size - pos < RECORD_OVERHEAD:
+            if size - pos >= 17:  # room for a one-key MODIFY's fixed fields
+                op, sid, n, shape, klen = unpack_set(buf, pos)
+            elif size - pos >= RECORD_OVERHEAD:
+                op, sid, n = unpack_head(buf, pos)
+                shape = b""
+            else:
                 self.stop = Stop(pos, f"incomplete record ({size - pos} bytes at end)")
-                return
-            op, sid, n = unpack_head(buf, pos)
-            body_end = pos + _HEAD_SIZE + n
-            if n > MAX_PAYLOAD_BYTES or body_end + 4 > size:
+                break
+            end = pos + RECORD_OVERHEAD + n
+            if n > MAX_PAYLOAD_BYTES or end > size:
                 self.stop = Stop(pos, f"record length {n} runs past the end")
-                return
-            if unpack_u32(buf, body_end)[0] != crc(mv[pos:body_end]):
+                break
+            if crc_c(mv[pos:end], 0xFFFFFFFF, table) != residue:
                 self.stop = Stop(pos, "checksum mismatch")
-                return
+                break
+            if shape == one_set and op == 3 and on_set is not None:
+                k_end = pos + 17 + klen
+                if k_end + 8 <= end and unpack_u32(buf, k_end)[0] == end - k_end - 8:
+                    vlen = end - k_end - 8
+                    if vlen <= max_value:
+                        kb = buf[pos + 17 : k_end]
+                        key = keys.get(kb)
+                        if key is None:
+                            key = keys[kb] = _decode_key(kb, pos + 17)
+                        on_set(sid, key, buf[k_end + 4 : end - 4])
+                        count += 1
+                        pos = end
+                        continue
             # A structural error here carries its absolute offset in *buf*.
-            yield pos, decode(op, sid, buf, pos + _HEAD_SIZE, body_end, max_value)
-            pos = body_end + 4
-            self.end = pos
+            on_record(pos, decode(op, sid, buf, pos + _HEAD_SIZE, end - 4, max_value, keys))
+            count += 1
+            pos = end
+        self.end = pos
+        return count
 
 
 # Offsets where a record could start: a known op byte not followed by eight

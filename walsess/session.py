@@ -84,7 +84,17 @@ class Session(MutableMapping[str, Any]):
     # -- mapping ------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
-        return self._store._decode(self._live().data[key])
+        st = self._state
+        store = self._store
+        now = store._clock()
+        # Inlined liveness check (see Store._live_state, which raises the errors).
+        if (
+            st.digest is not self._digest
+            or store._closed
+            or not (now < st.idle_deadline and now < st.hard_deadline)
+        ):
+            st = self._live()
+        return store._decode(st.data[key])
 
     def get(self, key: str, default: Any = None) -> Any:
         raw = self._live().data.get(key)

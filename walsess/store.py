@@ -161,7 +161,9 @@ class Store:
         created = _make_dir(path, fs)
         self._dirlock = DirectoryLock(path, fs)
         try:
-            self._log, self._recovery = ChangeLog.open(path, fs, self._table.apply, max_value_bytes)
+            self._log, self._recovery = ChangeLog.open(
+                path, fs, self._table.apply, self._table.set_key, max_value_bytes
+            )
             if created:
                 fs.fsync_dir(os.path.dirname(os.path.abspath(path)))
             self._sync = make_policy(durability, self._fsync, self._position, fsync_interval)
@@ -249,7 +251,8 @@ class Store:
         except StorePoisoned as exc:
             self._poison = exc
             raise
-        self._sync.appended()
+        if not self._sync.dirty:
+            self._sync.appended()
         return pos
 
     # -- validation ---------------------------------------------------------------
@@ -429,11 +432,8 @@ class Store:
     def revoke(self, ref: str) -> bool:
         """Destroy the session named by its public *ref* (as shown in device lists)."""
         self._check_open()
-        try:
-            key = int(ref, 16) if isinstance(ref, str) and len(ref) == 16 else -1
-        except ValueError:
-            key = -1
-        st = self._table.by_ref.get(key)
+        key = tokens.parse_ref(ref)
+        st = None if key is None else self._table.by_ref.get(key)
         if st is None or not st.live_at(self._clock()):
             return False
         return self._destroy(st, st.digest, rec.DestroyReason.REVOKED)
@@ -478,19 +478,22 @@ class Store:
     # -- changes through a Session ---------------------------------------------------
 
     def _set(self, handle: Session, key: str, value: Any) -> None:
-        kb = rec.key_bytes(key)
+        # The hottest path in the library: the steps of _commit and
+        # _live_state are inlined here, in the same order.
         vb = self._encode(value)
         if len(vb) > self.max_value_bytes:
             raise ValueTooLarge(
                 f"encoded value is {len(vb)} bytes; max_value_bytes is {self.max_value_bytes}"
             )
         st = handle._state
-        record = rec.encode_set(st.sid, kb, vb)
+        record = rec.encode_set(st.sid, key, vb)  # validates the key
         now = self._clock()
         with self._lock:
             if self._closed or self._poison is not None:
                 self._check_writable()
-            if st.digest is not handle._digest or not st.live_at(now):
+            if st.digest is not handle._digest or not (
+                now < st.idle_deadline and now < st.hard_deadline
+            ):
                 self._live_state(st, handle._digest)
             try:
                 pos = self._log.append(record)
@@ -498,7 +501,8 @@ class Store:
                 self._poison = exc
                 raise
             st.data[key] = vb
-            self._sync.appended()
+            if not self._sync.dirty:
+                self._sync.appended()
         if self._always:
             self._sync.wait(pos)
 

@@ -1,10 +1,11 @@
 """Session tokens, the digests stored in their place, and non-secret refs.
 
 The token is the secret a client holds. It is never written to disk and never
-derived from anything the store keeps: the log holds only its BLAKE2b-256
-digest, so a stolen copy of the files cannot be used to take over a session.
-The *ref* names a session in listings and tools without being usable as a
-token; it is the first 8 bytes of the digest in hex.
+derived from anything the store keeps: the log holds only its
+SHA-256 digest, so a stolen copy of the files cannot be used to take over a
+session (a token has 256 bits of entropy, so its digest cannot be inverted or
+guessed). The *ref* names a session in listings and tools without being
+usable as a token; it is the first 8 bytes of the digest, in hex.
 
 Example::
 
@@ -18,11 +19,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-__all__ = ["TOKEN_BYTES", "digest", "new_token", "ref_key", "ref_of"]
+__all__ = ["REF_BYTES", "TOKEN_BYTES", "digest", "new_token", "parse_ref", "ref_key", "ref_of"]
 
 #: Entropy of a token: 256 bits.
 TOKEN_BYTES = 32
-_PERSON = b"walsess-token"
+REF_BYTES = 8
 
 
 def new_token() -> str:
@@ -32,14 +33,24 @@ def new_token() -> str:
 
 def digest(token: str) -> bytes:
     """The 32-byte digest that stands for *token* on disk and in memory."""
-    return hashlib.blake2b(token.encode(), digest_size=32, person=_PERSON).digest()
+    return hashlib.sha256(token.encode()).digest()
 
 
-def ref_key(d: bytes) -> int:
-    """The in-memory index key of a digest: its first 8 bytes as an integer."""
-    return int.from_bytes(d[:8], "big")
+def ref_key(d: bytes) -> bytes:
+    """The in-memory index key of a digest: its first 8 bytes."""
+    return d[:REF_BYTES]
 
 
 def ref_of(d: bytes) -> str:
     """The public ref of a digest: 16 hex characters, safe to show and log."""
-    return d[:8].hex()
+    return d[:REF_BYTES].hex()
+
+
+def parse_ref(ref: object) -> bytes | None:
+    """The index key for a public *ref*, or None if it is not one."""
+    if not isinstance(ref, str) or len(ref) != 2 * REF_BYTES:
+        return None
+    try:
+        return bytes.fromhex(ref)
+    except ValueError:
+        return None
