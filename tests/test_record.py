@@ -125,14 +125,12 @@ def test_huge_length_is_a_stop_not_an_allocation() -> None:
     ("payload", "op", "error", "words"),
     [
         (b"\x00\xff\xff\xff\xff", 3, walsess.CorruptionError, "cannot fit"),  # count too big
-        (
-            b"\x00\x01\x00\x00\x00\x00\x02\x00\xff\xfe\x00\x00\x00\x00",
-            3,
-            walsess.CorruptionError,
-            "UTF-8",
-        ),
-        (b"\x00\x01\x00\x00\x00\x07\x01\x00a", 3, walsess.CorruptionError, "change kind"),
-        (b"\x00\x00\x00\x00\x00\x00", 3, walsess.CorruptionError, "unexpected bytes"),
+        (bytes.fromhex("00 01000000 00 0200 00000000 fffe"), 3, walsess.CorruptionError, "UTF-8"),
+        (bytes.fromhex("00 01000000 07 0100 00000000 61"), 3, walsess.CorruptionError, "kind 7"),
+        (bytes.fromhex("00 01000000 01 0100 01000000 61 62"), 3, walsess.CorruptionError, "delete"),
+        (bytes.fromhex("00 01000000 00 0100 05000000 61 62"), 3, walsess.CorruptionError, "add up"),
+        (bytes.fromhex("00 00000000 00"), 3, walsess.CorruptionError, "add up"),
+        (bytes.fromhex("00 0100"), 3, walsess.CorruptionError, "runs past"),
         (b"\x04\x00\x00\x00\x00", 3, walsess.FormatError, "flags"),
         (b"", 9, walsess.FormatError, "unknown record op"),
         (b"\x00", 4, walsess.CorruptionError, "runs past"),

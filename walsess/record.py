@@ -91,12 +91,11 @@ MAX_SID = 0xFFFF_FFFF
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _CREATE_FIXED = struct.Struct("<32sddddB")  # digest, created, ttl, idle, hard, flags
-_SET_HEAD = struct.Struct("<BIIBIBH")  # op sid len | flags count | kind klen
 _TOUCH = struct.Struct("<BIIdd")
 _DESTROY = struct.Struct("<BIIB")
 _CHANGE_ID = struct.Struct("<BII32s")
 _F64X2 = struct.Struct("<dd")
-_ONE_SET_HEAD = struct.Struct("<BII6sH")
+_ONE_SET_HEAD = struct.Struct("<BII6sHI")
 _ONE_SET_SHAPE = b"\x00\x01\x00\x00\x00\x00"
 
 _CREATE_HAS_USER = 0x01
@@ -281,11 +280,41 @@ def encode_create(
         parts += (_U16.pack(len(ub)), ub)
     if meta is not None:
         parts += (_U32.pack(len(meta)), meta)
-    items = list(items)
-    parts.append(_U32.pack(len(items)))
-    for kb, vb in items:
-        parts += (_U16.pack(len(kb)), kb, _U32.pack(len(vb)), vb)
+    parts.append(_encode_items(None, list(items)))
     return _frame(Op.CREATE, sid, b"".join(parts))
+
+
+def _item_lengths(n: int, kinds: bool) -> struct.Struct:
+    """The struct of an item block's length arrays: [kinds u8 x n] klens u16 x n, vlens u32 x n."""
+    key = (n, kinds)
+    st = _ITEM_STRUCTS.get(key)
+    if st is None:
+        st = struct.Struct(f"<{n}B{n}H{n}I" if kinds else f"<{n}H{n}I")
+        if len(_ITEM_STRUCTS) < 256:
+            _ITEM_STRUCTS[key] = st
+    return st
+
+
+_ITEM_STRUCTS: dict[tuple[int, bool], struct.Struct] = {}
+
+
+def _encode_items(kinds: list[int] | None, items: list[tuple[bytes, bytes | None]]) -> bytes:
+    """An item block: count, the length arrays, then all keys, then all values."""
+    n = len(items)
+    klens = [len(k) for k, _ in items]
+    vlens = [0 if v is None else len(v) for _, v in items]
+    lengths = _item_lengths(n, kinds is not None)
+    arrays = (
+        lengths.pack(*kinds, *klens, *vlens) if kinds is not None else lengths.pack(*klens, *vlens)
+    )
+    return b"".join(
+        (
+            _U32.pack(n),
+            arrays,
+            b"".join([k for k, _ in items]),
+            b"".join([v for _, v in items if v is not None]),
+        )
+    )
 
 
 def encode_destroy(sid: int, reason: int = DestroyReason.DESTROYED) -> bytes:
@@ -314,7 +343,7 @@ _SET_PACKERS_MAX = 4096
 
 def _set_packer(key: object) -> tuple[bytes, Callable[..., bytes]]:
     kb = key_bytes(key)
-    packer = struct.Struct(f"<BIIBIBH{len(kb)}sI").pack
+    packer = struct.Struct(f"<BII6sHI{len(kb)}s").pack
     if type(key) is str:
         if len(_SET_PACKERS) >= _SET_PACKERS_MAX:
             _SET_PACKERS.clear()
@@ -326,26 +355,23 @@ def encode_set(sid: int, key: str, value: bytes) -> bytes:
     """A MODIFY record that sets one key: the hot path.
 
     Validates *key* like :func:`key_bytes` (raising :class:`InvalidKey`), then
-    builds the record with one struct call and one CRC call.
+    builds the record with one struct call and one CRC call. The bytes equal
+    ``encode_modify(sid, False, [(key_bytes(key), value)])``.
     """
     entry = _SET_PACKERS.get(key) if type(key) is str else None
     kb, pack = entry or _set_packer(key)
     klen = len(kb)
     vlen = len(value)
-    body = pack(_OP_MODIFY, sid, 12 + klen + vlen, 0, 1, _KIND_SET, klen, kb, vlen) + value
+    body = pack(_OP_MODIFY, sid, 12 + klen + vlen, _ONE_SET_SHAPE, klen, vlen, kb) + value
     return body + _U32.pack(_crc_c(body, 0xFFFFFFFF, _crc_table) ^ 0xFFFFFFFF)
 
 
 def encode_modify(sid: int, clear: bool, changes: Iterable[tuple[bytes, bytes | None]]) -> bytes:
     """A MODIFY record: optionally clear, then each (key, value) set or (key, None) delete."""
-    changes = list(changes)
-    parts = [bytes((_MODIFY_CLEAR if clear else 0,)), _U32.pack(len(changes))]
-    for kb, vb in changes:
-        if vb is None:
-            parts += (b"\x01", _U16.pack(len(kb)), kb)
-        else:
-            parts += (b"\x00", _U16.pack(len(kb)), kb, _U32.pack(len(vb)), vb)
-    return _frame(Op.MODIFY, sid, b"".join(parts))
+    items = list(changes)
+    kinds = [_KIND_SET if v is not None else _KIND_DELETE for _, v in items]
+    flags = bytes((_MODIFY_CLEAR if clear else 0,))
+    return _frame(Op.MODIFY, sid, flags + _encode_items(kinds, items))
 
 
 def encode_record(record: Record) -> bytes:
@@ -423,51 +449,56 @@ def _too_large(n: int, max_value: int, offset: int) -> LimitError:
     )
 
 
-def _decode_changes(
+def _decode_items(
     buf: bytes, pos: int, end: int, max_value: int, keys: dict[bytes, str], kinds: bool
-) -> tuple[list[tuple[str, bytes | None]], int]:
-    """A ``count:u32`` then count x ([kind] key [value]), bounds-checked; returns (list, pos)."""
-    if pos + 4 > end:
+) -> list[tuple[str, bytes | None]]:
+    """The item block in ``buf[pos:end]`` (it must fill it exactly), bounds-checked.
+
+    One struct call reads every length; their sum must equal the bytes that
+    remain, so nothing is sliced or allocated on the word of a bad length.
+    """
+    if end - pos < 4:
         raise _short(pos)
     n = _unpack_u32(buf, pos)[0]
     pos += 4
-    if n * (3 if kinds else 6) > end - pos:
+    width = 7 if kinds else 6
+    if n * width > end - pos:
         raise _malformed(f"count {n} cannot fit in the remaining bytes", pos - 4)
+    lengths = _item_lengths(n, kinds).unpack_from(buf, pos)
+    at = pos
+    pos += n * width
+    if kinds:
+        kind_list = lengths[:n]
+        lengths = lengths[n:]
+        if n and max(kind_list) > _KIND_DELETE:
+            raise _malformed(f"unknown change kind {max(kind_list)}", at)
+    klens = lengths[:n]
+    vlens = lengths[n:]
+    if sum(lengths) != end - pos:
+        raise _malformed(
+            f"item lengths add up to {sum(lengths)} bytes, the record holds {end - pos}", at
+        )
+    if n and max(vlens) > max_value:
+        raise _too_large(max(vlens), max_value, at)
     out: list[tuple[str, bytes | None]] = []
     append = out.append
-    for _ in range(n):
-        kind = 0
-        if kinds:
-            if pos >= end:
-                raise _short(pos)
-            kind = buf[pos]
-            pos += 1
-            if kind > _KIND_DELETE:
-                raise _malformed(f"unknown change kind {kind}", pos - 1)
-        if pos + 2 > end:
-            raise _short(pos)
-        k_end = pos + 2 + _unpack_u16(buf, pos)[0]
-        if k_end > end:
-            raise _short(pos)
-        kb = buf[pos + 2 : k_end]
+    vpos = pos + sum(klens)
+    for i in range(n):
+        k_end = pos + klens[i]
+        kb = buf[pos:k_end]
         key = keys.get(kb)
         if key is None:
             key = keys[kb] = _decode_key(kb, pos)
         pos = k_end
-        if kind == _KIND_DELETE:
+        if kinds and kind_list[i] == _KIND_DELETE:
+            if vlens[i]:
+                raise _malformed("a delete carries a value", at)
             append((key, None))
-            continue
-        if pos + 4 > end:
-            raise _short(pos)
-        vlen = _unpack_u32(buf, pos)[0]
-        if vlen > max_value:
-            raise _too_large(vlen, max_value, pos)
-        v_end = pos + 4 + vlen
-        if v_end > end:
-            raise _short(pos)
-        append((key, buf[pos + 4 : v_end]))
-        pos = v_end
-    return out, pos
+        else:
+            v_end = vpos + vlens[i]
+            append((key, buf[vpos:v_end]))
+            vpos = v_end
+    return out
 
 
 def _decode_payload(
@@ -493,7 +524,8 @@ def _decode_payload(
         flags = buf[pos]
         if flags & ~_MODIFY_CLEAR:
             raise FormatError(f"unknown MODIFY flags {flags:#x}", None, pos)
-        changes, pos = _decode_changes(buf, pos + 1, end, max_value, keys, True)
+        changes = _decode_items(buf, pos + 1, end, max_value, keys, True)
+        pos = end
         rec = Modify(sid, bool(flags), tuple(changes))
     elif op == Op.TOUCH:
         if end - pos < 16:
@@ -525,7 +557,8 @@ def _decode_payload(
             m_end = pos + 4 + _unpack_u32(buf, pos)[0]
             meta = buf[pos + 4 : m_end]
             pos = m_end
-        items, pos = _decode_changes(buf, pos, end, max_value, keys, False)
+        items = _decode_items(buf, pos, end, max_value, keys, False)
+        pos = end
         rec = Create(sid, digest, created, ttl, idle, hard, user, meta, tuple(items))  # type: ignore[arg-type]
     elif op == Op.DESTROY:
         if end - pos < 1:
@@ -601,18 +634,17 @@ class RecordReader:
         pos = self.start
         mv = memoryview(buf)
         unpack_head = _RECORD_HEAD.unpack_from
-        # A MODIFY setting one key starts op sid n | flags=0 count=1 kind=0 | klen.
+        # A MODIFY setting one key starts op sid n | flags=0 count=1 kind=0 | klen vlen.
         unpack_set = _ONE_SET_HEAD.unpack_from
         one_set = _ONE_SET_SHAPE
-        unpack_u32 = _U32.unpack_from
         crc_c, table, residue = _crc_c, _crc_table, _RESIDUE_RAW
         max_value = self.max_value
         decode = _decode_payload
         keys: dict[bytes, str] = {}
         count = 0
         while pos < size:
-            if size - pos >= 17:  # room for a one-key MODIFY's fixed fields
-                op, sid, n, shape, klen = unpack_set(buf, pos)
+            if size - pos >= 21:  # room for a one-key MODIFY's fixed fields
+                op, sid, n, shape, klen, vlen = unpack_set(buf, pos)
             elif size - pos >= RECORD_OVERHEAD:
                 op, sid, n = unpack_head(buf, pos)
                 shape = b""
@@ -626,19 +658,22 @@ class RecordReader:
             if crc_c(mv[pos:end], 0xFFFFFFFF, table) != residue:
                 self.stop = Stop(pos, "checksum mismatch")
                 break
-            if shape == one_set and op == 3 and on_set is not None:
-                k_end = pos + 17 + klen
-                if k_end + 8 <= end and unpack_u32(buf, k_end)[0] == end - k_end - 8:
-                    vlen = end - k_end - 8
-                    if vlen <= max_value:
-                        kb = buf[pos + 17 : k_end]
-                        key = keys.get(kb)
-                        if key is None:
-                            key = keys[kb] = _decode_key(kb, pos + 17)
-                        on_set(sid, key, buf[k_end + 4 : end - 4])
-                        count += 1
-                        pos = end
-                        continue
+            if (
+                shape == one_set
+                and op == 3
+                and n == 12 + klen + vlen
+                and vlen <= max_value
+                and on_set is not None
+            ):
+                k_end = pos + 21 + klen
+                kb = buf[pos + 21 : k_end]
+                key = keys.get(kb)
+                if key is None:
+                    key = keys[kb] = _decode_key(kb, pos + 21)
+                on_set(sid, key, buf[k_end : end - 4])
+                count += 1
+                pos = end
+                continue
             # A structural error here carries its absolute offset in *buf*.
             on_record(pos, decode(op, sid, buf, pos + _HEAD_SIZE, end - 4, max_value, keys))
             count += 1
