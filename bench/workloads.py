@@ -1,0 +1,634 @@
+"""Benchmark workloads for walsess and the floors it is measured against.
+
+Everything a benchmark needs is built here, independent of any runner, so the
+pytest-benchmark suite (``bench/test_bench.py``), the median report
+(``bench/report.py``), the profiler (``bench/hotspots.py``) and a future
+``walsess bench`` command all time exactly the same code.
+
+The pieces:
+
+* **Targets** hold a populated store and hand out zero-argument operation
+  callables: :class:`WalsessTarget` (a real store in a directory),
+  :class:`DictFloor` (a dict of dicts of ``json.dumps`` strings, no I/O) and
+  :class:`DictWriteFloor` (the same plus one ``os.write`` per change to an
+  ``O_APPEND`` file). Random choices come from :func:`access_plan`, seeded,
+  so every target replays the same sessions, keys and values in the same order.
+* :func:`build_log` writes a store whose log holds a given number of records;
+  :func:`replay_op` opens (replays) it.
+* :class:`Workbench` builds targets lazily in one work directory and names
+  every operation by ``(group, name)`` (see :data:`CATALOG`).
+* :func:`measure_memory` measures bytes per session in a fresh subprocess.
+
+Example::
+
+    with Workbench("/tmp/wb", Scale(10_000)) as wb:
+        op = wb.operation("set", "walsess-interval")
+        for _ in range(1000):
+            op.fn()
+
+Run as a script, this module is also the memory-measurement child::
+
+    python bench/workloads.py memory-child walsess 200000 rss
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import tracemalloc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import walsess
+
+__all__ = [
+    "CATALOG",
+    "DEFAULT_RECORDS",
+    "KEYS",
+    "SCALE_ENV",
+    "SEED",
+    "DictFloor",
+    "DictWriteFloor",
+    "Operation",
+    "Scale",
+    "WalsessTarget",
+    "Workbench",
+    "access_plan",
+    "build_log",
+    "measure_memory",
+    "parse_scale",
+    "replay_op",
+    "session_data",
+]
+
+#: Environment variable giving the number of records in the replay log
+#: (and so the scale of everything else: sessions = records // 5).
+SCALE_ENV = "WALSESS_BENCH_SCALE"
+#: The replay log size the targets are stated for.
+DEFAULT_RECORDS = 1_000_000
+#: Every random choice derives from this seed.
+SEED = 20_240_601
+#: Length of a precomputed access plan (cycled); a power of two, large enough
+#: that the sessions it touches are spread over the table.
+PLAN_SIZE = 1 << 16
+#: Idle timeout of benchmark sessions: long enough that nothing expires mid-run.
+TTL = 7 * 86_400.0
+#: The five small keys every benchmark session holds.
+KEYS = ("user_id", "csrf", "cart", "theme", "visits")
+
+
+# -- scale ----------------------------------------------------------------------
+
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000}
+
+
+def parse_scale(text: str) -> int:
+    """A record count from ``"1000"``, ``"1_000_000"``, ``"1e6"``, ``"200k"`` or ``"1m"``."""
+    m = re.fullmatch(r"\s*([0-9][0-9_.e+]*)\s*([kKmM]?)\s*", text)
+    if m is None:
+        raise ValueError(f"not a record count: {text!r}")
+    n = int(float(m.group(1)) * _SUFFIX[m.group(2).lower()])
+    if n < 2:
+        raise ValueError(f"the scale must be at least 2 records, not {text!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big the populated stores and the replay log are.
+
+    ``records`` is the size of the replay log; one in five of its records
+    creates a session, so stores for the per-operation benchmarks hold
+    ``records // 5`` sessions too (200,000 at the default scale).
+    """
+
+    records: int = DEFAULT_RECORDS
+
+    @classmethod
+    def from_env(cls, default: int = DEFAULT_RECORDS) -> Scale:
+        text = os.environ.get(SCALE_ENV)
+        return cls(parse_scale(text) if text else default)
+
+    @property
+    def sessions(self) -> int:
+        return max(1, self.records // 5)
+
+    @property
+    def sets(self) -> int:
+        return max(0, self.records - self.sessions)
+
+
+# -- data -----------------------------------------------------------------------
+
+
+def session_data(i: int) -> dict[str, Any]:
+    """The five small keys of session number *i* (about 80 bytes of JSON)."""
+    return {
+        "user_id": 100_000 + i,
+        "csrf": f"{(i * 2_654_435_761) & 0xFFFF_FFFF_FFFF_FFFF:016x}",
+        "cart": [i % 97, 2, 3],
+        "theme": "dark" if i & 1 else "light",
+        "visits": i % 10,
+    }
+
+
+def new_value(key: str, rng: random.Random) -> Any:
+    """A fresh value for *key*, of the same kind and size as :func:`session_data` puts there."""
+    if key == "user_id":
+        return 100_000 + rng.randrange(1_000_000)
+    if key == "csrf":
+        return f"{rng.getrandbits(64):016x}"
+    if key == "cart":
+        return [rng.randrange(97), rng.randrange(10), 3]
+    if key == "theme":
+        return rng.choice(("dark", "light"))
+    return rng.randrange(1000)
+
+
+def access_plan(
+    sessions: int, seed: int = SEED, size: int = PLAN_SIZE
+) -> list[tuple[int, str, Any]]:
+    """*size* random ``(session index, key, new value)`` choices among *sessions* sessions."""
+    rng = random.Random(seed)
+    plan = []
+    for _ in range(size):
+        key = rng.choice(KEYS)
+        plan.append((rng.randrange(sessions), key, new_value(key, rng)))
+    return plan
+
+
+def create_plan(size: int = 4096) -> list[dict[str, Any]]:
+    """Data for new sessions, cycled by the create operations."""
+    return [session_data(i) for i in range(size)]
+
+
+# -- operations -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One timed operation: call ``fn()`` once to do ``per_call`` units of work.
+
+    ``unit`` is ``"op"`` for per-request operations and ``"record"`` for
+    replay, where one call replays the whole log.
+    """
+
+    group: str
+    name: str
+    description: str
+    fn: Callable[[], object]
+    per_call: int = 1
+    unit: str = "op"
+
+
+# -- targets ------------------------------------------------------------------------
+
+
+class WalsessTarget:
+    """A walsess store in *path* holding *sessions* sessions of five small keys.
+
+    The handles :meth:`walsess.Store.create` returned are kept (for the
+    held-handle operations) along with their tokens.
+    """
+
+    def __init__(
+        self, path: str, sessions: int, durability: str = "interval", seed: int = SEED
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self.seed = seed
+        self.store = walsess.open(path, durability=durability, default_ttl=TTL)
+        create = self.store.create
+        self.handles = [create(session_data(i)) for i in range(sessions)]
+        self.tokens = [h.id for h in self.handles]
+
+    def set_op(self) -> Callable[[], None]:
+        """``s[key] = value`` on a held handle of a random session: one logged record."""
+        handles = self.handles
+        it = itertools.cycle(
+            [(handles[i], k, v) for i, k, v in access_plan(len(handles), self.seed)]
+        )
+
+        def op() -> None:
+            s, k, v = next(it)
+            s[k] = v
+
+        return op
+
+    def get_op(self) -> Callable[[], object]:
+        """``s[key]`` on a held handle of a random session."""
+        handles = self.handles
+        it = itertools.cycle([(handles[i], k) for i, k, _ in access_plan(len(handles), self.seed)])
+
+        def op() -> object:
+            s, k = next(it)
+            return s[k]
+
+        return op
+
+    def get_token_op(self) -> Callable[[], object]:
+        """``store.get(token)[key]``: hash the token, find and extend the session, read."""
+        tokens = self.tokens
+        get = self.store.get
+        it = itertools.cycle([(tokens[i], k) for i, k, _ in access_plan(len(tokens), self.seed)])
+
+        def op() -> object:
+            t, k = next(it)
+            return get(t)[k]  # type: ignore[index]  # every planned token is live
+
+        return op
+
+    def create_op(self) -> Callable[[], object]:
+        """``store.create(data)`` with five small keys; the store grows with every call."""
+        create = self.store.create
+        it = itertools.cycle(create_plan())
+
+        def op() -> object:
+            return create(next(it))
+
+        return op
+
+    def close(self) -> None:
+        self.handles.clear()
+        self.tokens.clear()
+        self.store.close()
+
+
+class DictFloor:
+    """The no-I/O floor: ``dict`` token -> ``dict`` key -> ``json.dumps(value)``.
+
+    A set is ``json.dumps`` plus two dict operations, a get two dict lookups
+    plus ``json.loads``: what any in-memory session store must at least do.
+    """
+
+    def __init__(self, sessions: int, seed: int = SEED) -> None:
+        self.seed = seed
+        dumps = json.dumps
+        self.tokens = [secrets.token_urlsafe(32) for _ in range(sessions)]
+        self.table: dict[str, dict[str, str]] = {
+            t: {k: dumps(v) for k, v in session_data(i).items()} for i, t in enumerate(self.tokens)
+        }
+
+    def set_op(self) -> Callable[[], None]:
+        table = self.table
+        dumps = json.dumps
+        tokens = self.tokens
+        it = itertools.cycle([(tokens[i], k, v) for i, k, v in access_plan(len(tokens), self.seed)])
+
+        def op() -> None:
+            t, k, v = next(it)
+            table[t][k] = dumps(v)
+
+        return op
+
+    def get_op(self) -> Callable[[], object]:
+        table = self.table
+        loads = json.loads
+        tokens = self.tokens
+        it = itertools.cycle([(tokens[i], k) for i, k, _ in access_plan(len(tokens), self.seed)])
+
+        def op() -> object:
+            t, k = next(it)
+            return loads(table[t][k])
+
+        return op
+
+    def create_op(self) -> Callable[[], object]:
+        table = self.table
+        dumps = json.dumps
+        new_token = secrets.token_urlsafe
+        it = itertools.cycle(create_plan())
+
+        def op() -> object:
+            t = new_token(32)
+            table[t] = {k: dumps(v) for k, v in next(it).items()}
+            return t
+
+        return op
+
+    def close(self) -> None:
+        self.table.clear()
+        self.tokens.clear()
+
+
+class DictWriteFloor(DictFloor):
+    """:class:`DictFloor` plus one ``os.write`` per change to an ``O_APPEND`` file.
+
+    A set writes the line ``ref TAB key TAB json NL`` (ref: the token's first
+    16 characters), a create one line with every key and value; about the
+    size of the walsess record for the same change. No fsync, like walsess in
+    ``interval`` mode between its background fsyncs.
+    """
+
+    def __init__(self, path: str, sessions: int, seed: int = SEED) -> None:
+        super().__init__(sessions, seed)
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def set_op(self) -> Callable[[], None]:
+        table = self.table
+        dumps = json.dumps
+        write = os.write
+        fd = self.fd
+        tokens = self.tokens
+        it = itertools.cycle([(tokens[i], k, v) for i, k, v in access_plan(len(tokens), self.seed)])
+
+        def op() -> None:
+            t, k, v = next(it)
+            js = dumps(v)
+            write(fd, f"{t[:16]}\t{k}\t{js}\n".encode())
+            table[t][k] = js
+
+        return op
+
+    def create_op(self) -> Callable[[], object]:
+        table = self.table
+        dumps = json.dumps
+        write = os.write
+        fd = self.fd
+        new_token = secrets.token_urlsafe
+        it = itertools.cycle(create_plan())
+
+        def op() -> object:
+            t = new_token(32)
+            values = {k: dumps(v) for k, v in next(it).items()}
+            line = "\t".join([t[:16], *itertools.chain.from_iterable(values.items())])
+            write(fd, (line + "\n").encode())
+            table[t] = values
+            return t
+
+        return op
+
+    def close(self) -> None:
+        super().close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+# -- replay ----------------------------------------------------------------------------
+
+
+def build_log(path: str, records: int, seed: int = SEED) -> int:
+    """Make *path* a store whose log holds *records* records; returns how many it holds.
+
+    One in five records creates a session (five small keys); the rest set one
+    random key of a random session, as :func:`access_plan` would.
+    """
+    sessions = max(1, records // 5)
+    rng = random.Random(seed)
+    with walsess.open(path, durability="never", default_ttl=TTL) as store:
+        create = store.create
+        handles = [create(session_data(i)) for i in range(sessions)]
+        choice = rng.choice
+        randrange = rng.randrange
+        for _ in range(records - sessions):
+            key = choice(KEYS)
+            handles[randrange(sessions)][key] = new_value(key, rng)
+        written = int(store.stats()["records_appended"])
+    return written
+
+
+def replay_op(path: str) -> Callable[[], int]:
+    """Open the store in *path* (one pass over its log), close it; returns records replayed."""
+
+    def op() -> int:
+        store = walsess.open(path, durability="never")
+        try:
+            return store.recovery.records
+        finally:
+            store.close()
+
+    return op
+
+
+# -- the workbench -------------------------------------------------------------------
+
+#: Every operation a :class:`Workbench` offers, as ``(group, name, description)``.
+#: Within a group the ratios are the point; the floors are named ``floor-*``.
+CATALOG: tuple[tuple[str, str, str], ...] = (
+    ("set", "walsess-interval", "walsess s[key] = v, durability='interval'"),
+    ("set", "walsess-never", "walsess s[key] = v, durability='never'"),
+    ("set", "floor-dict", "dict of dicts, json.dumps"),
+    ("set", "floor-dict-write", "dict of dicts, json.dumps + os.write"),
+    ("get", "walsess-handle", "walsess s[key] on a held Session"),
+    ("get", "walsess-token", "walsess store.get(token)[key]"),
+    ("get", "floor-dict", "dict of dicts, json.loads"),
+    ("create", "walsess-interval", "walsess store.create(5 keys), 'interval'"),
+    ("create", "floor-dict", "dict of dicts, token_urlsafe + json.dumps x5"),
+    ("create", "floor-dict-write", "the same + os.write"),
+    ("replay", "walsess-open", "walsess.open() replaying the log"),
+)
+
+GROUPS = ("set", "get", "create", "replay")
+
+
+def names(group: str) -> list[str]:
+    """The operation names of *group*, in :data:`CATALOG` order."""
+    return [n for g, n, _ in CATALOG if g == group]
+
+
+class Workbench:
+    """Builds the targets in *workdir* on first use and hands out operations.
+
+    Per-operation targets are populated with ``scale.sessions`` sessions;
+    create operations run on targets of their own that start empty (they
+    grow), so they never change what the others measure. Close it (or use
+    ``with``) to close the stores; the directory is left to its owner.
+    """
+
+    def __init__(self, workdir: str, scale: Scale, seed: int = SEED) -> None:
+        self.workdir = workdir
+        self.scale = scale
+        self.seed = seed
+        self._targets: dict[str, WalsessTarget | DictFloor] = {}
+        self._log: tuple[str, int] | None = None
+        os.makedirs(workdir, exist_ok=True)
+
+    def __enter__(self) -> Workbench:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _walsess(self, label: str, sessions: int, durability: str) -> WalsessTarget:
+        t = self._targets.get(label)
+        if t is None:
+            t = WalsessTarget(os.path.join(self.workdir, label), sessions, durability, self.seed)
+            self._targets[label] = t
+        assert isinstance(t, WalsessTarget)
+        return t
+
+    def _floor(self, label: str, sessions: int, write: bool) -> DictFloor:
+        t = self._targets.get(label)
+        if t is None:
+            if write:
+                t = DictWriteFloor(os.path.join(self.workdir, f"{label}.log"), sessions, self.seed)
+            else:
+                t = DictFloor(sessions, self.seed)
+            self._targets[label] = t
+        assert isinstance(t, DictFloor)
+        return t
+
+    def walsess(self, durability: str = "interval") -> WalsessTarget:
+        """The populated walsess store opened with *durability*."""
+        return self._walsess(f"walsess-{durability}", self.scale.sessions, durability)
+
+    def dict_floor(self) -> DictFloor:
+        return self._floor("floor-dict", self.scale.sessions, write=False)
+
+    def dict_write_floor(self) -> DictFloor:
+        return self._floor("floor-dict-write", self.scale.sessions, write=True)
+
+    def replay_log(self) -> tuple[str, int]:
+        """The store directory holding ``scale.records`` records, and its record count."""
+        if self._log is None:
+            path = os.path.join(self.workdir, "replay")
+            if os.path.exists(path):
+                shutil.rmtree(path)
+            self._log = (path, build_log(path, self.scale.records, self.seed))
+        return self._log
+
+    def operation(self, group: str, name: str) -> Operation:
+        """The operation *name* of *group*, building what it needs first."""
+        desc = {(g, n): d for g, n, d in CATALOG}.get((group, name))
+        if desc is None:
+            raise KeyError(f"no operation {group}/{name}; see CATALOG")
+        fn: Callable[[], object]
+        per_call, unit = 1, "op"
+        if group == "set":
+            if name.startswith("walsess-"):
+                fn = self.walsess(name.removeprefix("walsess-")).set_op()
+            elif name == "floor-dict":
+                fn = self.dict_floor().set_op()
+            else:
+                fn = self.dict_write_floor().set_op()
+        elif group == "get":
+            if name == "walsess-handle":
+                fn = self.walsess().get_op()
+            elif name == "walsess-token":
+                fn = self.walsess().get_token_op()
+            else:
+                fn = self.dict_floor().get_op()
+        elif group == "create":
+            if name == "walsess-interval":
+                fn = self._walsess("create-walsess", 0, "interval").create_op()
+            else:
+                fn = self._floor(f"create-{name}", 0, write=name == "floor-dict-write").create_op()
+        else:
+            path, per_call = self.replay_log()
+            fn, unit = replay_op(path), "record"
+        return Operation(group, name, desc, fn, per_call, unit)
+
+    def operations(self, groups: tuple[str, ...] = GROUPS) -> Iterator[Operation]:
+        """Every operation of *groups*, group by group."""
+        for group in groups:
+            for name in names(group):
+                yield self.operation(group, name)
+
+    def close(self) -> None:
+        for t in self._targets.values():
+            t.close()
+        self._targets.clear()
+
+
+# -- memory per session -------------------------------------------------------------
+
+MEMORY_KINDS = ("walsess", "floor-dict")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(kind: str, n: int, method: str) -> dict[str, Any]:
+    """In this process: bytes per session of *n* sessions of *kind*, by *method*.
+
+    ``rss``: growth of the resident set (``/proc/self/statm``) over the build;
+    ``tracemalloc``: growth of memory Python allocated (slower, exact, excludes
+    allocator slack). The store (or dict) exists before the baseline, so only
+    per-session memory counts. Handles and tokens the build returns are
+    dropped at once, as a web server drops them after each request.
+    """
+    if method not in ("rss", "tracemalloc"):
+        raise ValueError(f"unknown method {method!r}; 'rss' or 'tracemalloc'")
+    with tempfile.TemporaryDirectory(prefix="walsess-mem-") as workdir:
+        store: walsess.Store | None = None
+        table: dict[str, dict[str, str]] = {}
+        if kind == "walsess":
+            store = walsess.open(os.path.join(workdir, "s"), durability="never", default_ttl=TTL)
+            create = store.create
+
+            def build() -> None:
+                for i in range(n):
+                    create(session_data(i))
+
+        elif kind == "floor-dict":
+            dumps = json.dumps
+            new_token = secrets.token_urlsafe
+
+            def build() -> None:
+                for i in range(n):
+                    table[new_token(32)] = {k: dumps(v) for k, v in session_data(i).items()}
+
+        else:
+            raise ValueError(f"unknown memory kind {kind!r}; one of {MEMORY_KINDS}")
+        gc.collect()
+        if method == "tracemalloc":
+            tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0] if method == "tracemalloc" else _rss()
+        build()
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0] if method == "tracemalloc" else _rss()
+        if store is not None:
+            store.close()
+    return {
+        "kind": kind,
+        "method": method,
+        "walsess": os.path.dirname(walsess.__file__),
+        "sessions": n,
+        "bytes": after - before,
+        "bytes_per_session": (after - before) / n,
+    }
+
+
+def measure_memory(kind: str, n: int, method: str = "rss") -> dict[str, Any]:
+    """:func:`memory_child` run in a fresh interpreter, so nothing else is in the heap."""
+    # The child must import the same walsess as this process, wherever it came from.
+    walsess_root = os.path.dirname(os.path.dirname(os.path.abspath(walsess.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (walsess_root, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "memory-child", kind, str(n), method],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child {kind} failed:\n{proc.stderr}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 4 and argv[0] == "memory-child":
+        print(json.dumps(memory_child(argv[1], int(argv[2]), argv[3])))
+        return 0
+    print("usage: workloads.py memory-child {walsess,floor-dict} N {rss,tracemalloc}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
