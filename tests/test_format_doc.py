@@ -12,10 +12,10 @@ from walsess import tokens
 DOC = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
 
 
-def example_bytes() -> bytes:
+def example_bytes(kind: str = "hex") -> bytes:
     text = DOC.read_text()
-    block = re.search(r"```hex\n(.*?)```", text, re.S)
-    assert block is not None, "FORMAT.md has no ```hex block"
+    block = re.search(rf"```{kind}\n(.*?)```", text, re.S)
+    assert block is not None, f"FORMAT.md has no ```{kind} block"
     out = bytearray()
     for line in block.group(1).splitlines():
         if not line.strip() or line.startswith("#"):
@@ -61,3 +61,19 @@ def test_doc_op_numbers_match_the_code() -> None:
     text = DOC.read_text()
     for op in r.Op:
         assert re.search(rf"^\| {op.value} \| {op.name} \|", text, re.M), op
+
+
+def test_snapshot_example_loads(tmp_path: Path) -> None:
+    from walsess.fileio import OS
+    from walsess.snapshot import load_snapshot, snapshot_name
+    from walsess.table import SessionTable
+
+    buf = example_bytes("hex-snapshot")
+    path = tmp_path / snapshot_name(2)
+    path.write_bytes(buf)
+    table = SessionTable()
+    assert load_snapshot(str(path), OS, table.apply, 1 << 20) == 1
+    st = table.find(tokens.digest("example-token-not-a-real-one"))
+    assert st is not None and st.sid == 1 and st.user == "42"
+    assert st.data == {"cart": b"[1,2]"} and st.idle_deadline == 1700003600.0
+    assert r.decode_header(buf, r.SNAPSHOT_MAGIC) == r.Header(r.FORMAT_VERSION, 2, 0)

@@ -16,7 +16,7 @@ recovery), :mod:`~walsess.table` (the in-memory table),
 :mod:`~walsess.session` (the API).
 """
 
-from .changelog import Cut, Recovery
+from .changelog import Cut
 from .codec import JSON, PICKLE, Codec, JSONCodec, PickleCodec
 from .errors import (
     CodecError,
@@ -36,8 +36,9 @@ from .errors import (
     WalsessError,
 )
 from .record import FORMAT_VERSION
-from .session import Session
-from .store import Store, open
+from .session import Session, SessionInfo
+from .store import Compaction, Store, open
+from .storedir import Recovery
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,7 @@ __all__ = [
     "PICKLE",
     "Codec",
     "CodecError",
+    "Compaction",
     "CorruptionError",
     "Cut",
     "FileError",
@@ -58,6 +60,7 @@ __all__ = [
     "PickleCodec",
     "Recovery",
     "Session",
+    "SessionInfo",
     "SessionNotFound",
     "StorageError",
     "Store",

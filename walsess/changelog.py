@@ -1,14 +1,15 @@
-"""The change log on disk: recovery when a store opens, then appends and fsyncs.
+"""The change log on disk: replaying log files, then appending, fsyncing and rotating.
 
 A store's log is a sequence of files ``<generation>.log`` (16 hex digits),
-each starting with a header (see :mod:`walsess.record`). Recovery reads them
-oldest first and hands every record to a callback. Where a file stops
+each starting with a header (see :mod:`walsess.record`). :func:`replay_log`
+reads one file and hands every record to callbacks. Where a file stops
 holding valid records:
 
 * at the end of the newest file, with no valid record anywhere after it, the
   bytes are a crash artifact (a torn record, or the zeros or garbage a power
-  loss leaves when a file grew before its data landed): they are cut off and
-  fsynced away before anything is appended, and reported in :class:`Recovery`;
+  loss leaves when a file grew before its data landed): they are reported as
+  a :class:`Cut`, and :meth:`ChangeLog.open_newest` truncates them (fsynced)
+  before anything is appended;
 * anywhere else it is corruption: :class:`CorruptionError` names the file
   and offset, and nothing is cut.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +30,8 @@ from .fileio import FileSystem
 from .record import (
     HEADER_SIZE,
     LOG_MAGIC,
+    End,
+    Header,
     Record,
     RecordReader,
     decode_header,
@@ -35,9 +39,9 @@ from .record import (
     next_valid_record,
 )
 
-__all__ = ["ChangeLog", "Cut", "Recovery", "log_name"]
+__all__ = ["ChangeLog", "Cut", "LogReplay", "log_name", "replay_log"]
 
-_LOG_FILE = re.compile(r"^([0-9a-f]{16})\.log$")
+LOG_FILE = re.compile(r"^([0-9a-f]{16})\.log$")
 
 
 def log_name(generation: int) -> str:
@@ -56,135 +60,134 @@ class Cut:
 
 
 @dataclass(frozen=True)
-class Recovery:
-    """What opening a store found: records replayed, files read and tails cut."""
+class LogReplay:
+    """What replaying one log file found."""
 
+    path: str
+    header: Header | None
     records: int
-    files: tuple[str, ...]
-    cuts: tuple[Cut, ...]
-
-    @property
-    def clean(self) -> bool:
-        """True if nothing had to be cut."""
-        return not self.cuts
+    end: int
+    cut: Cut | None
 
 
 def _looks_unwritten(buf: bytes) -> bool:
-    """A header that never fully landed: all zeros, or a prefix of our magic."""
-    if len(buf) >= HEADER_SIZE and buf[:HEADER_SIZE].count(0) != HEADER_SIZE:
-        return False
+    """A header that never fully landed (all zeros, or a prefix of our magic) with
+    no valid record anywhere after it: only then is the file a crash artifact."""
     head = buf[:HEADER_SIZE]
-    return head.count(0) == len(head) or LOG_MAGIC.startswith(head[: len(LOG_MAGIC)])
+    if len(buf) >= HEADER_SIZE and head.count(0) != HEADER_SIZE:
+        return False
+    unwritten = head.count(0) == len(head) or LOG_MAGIC.startswith(head[: len(LOG_MAGIC)])
+    return unwritten and next_valid_record(buf, -1) is None
+
+
+def replay_log(
+    path: str,
+    fs: FileSystem,
+    apply: Callable[[Record], object],
+    set_key: Callable[[int, str, bytes], object],
+    max_value: int,
+    newest: bool,
+) -> LogReplay:
+    """Replay the log file at *path*: records to ``apply(record)``, one-key sets
+    to ``set_key(sid, key, value)``.
+
+    A torn tail is reported (not yet cut) only if *newest*; otherwise, and for
+    a bad record followed by a valid one, :class:`CorruptionError`.
+    """
+    buf = fs.read(path)
+    try:
+        header = decode_header(buf)
+    except FileError as exc:
+        if newest and _looks_unwritten(buf):
+            # The file was created but its header never landed: a crash artifact
+            # of creation. The caller starts it again.
+            return LogReplay(
+                path, None, 0, 0, Cut(path, 0, len(buf), f"unwritten header ({exc.reason})")
+            )
+        raise exc.located(path) from None
+
+    def checked(_pos: int, rec: Record) -> None:
+        if type(rec) is End:
+            raise CorruptionError("an END record belongs in snapshots, not logs", path, _pos)
+        apply(rec)
+
+    reader = RecordReader(buf, HEADER_SIZE, max_value)
+    try:
+        records = reader.replay(checked, set_key)
+    except FileError as exc:
+        raise exc.located(path) from None
+    stop = reader.stop
+    if stop is None:
+        return LogReplay(path, header, records, reader.end, None)
+    following = next_valid_record(buf, stop.offset)
+    if not newest or following is not None:
+        detail = stop.reason
+        if following is not None:
+            detail += f"; a valid record follows at offset {following}"
+        else:
+            detail += " in a log that is not the newest"
+        raise CorruptionError(detail, path, stop.offset)
+    cut = Cut(path, stop.offset, len(buf) - stop.offset, stop.reason)
+    return LogReplay(path, header, records, reader.end, cut)
 
 
 class ChangeLog:
     """The open, writable newest log file of a store directory.
 
-    Use :meth:`open`; it recovers and replays first. Not thread-safe by
-    itself: the store serialises appends under its lock.
+    Appends are serialised by the store's lock; :meth:`sync` and
+    :meth:`rotate` may run in other threads and serialise on a lock of
+    their own, so an fsync never meets a closed descriptor.
     """
 
-    def __init__(self, directory: str, fs: FileSystem, generation: int, fd: int, size: int):
+    def __init__(
+        self,
+        directory: str,
+        fs: FileSystem,
+        generation: int,
+        follows: int,
+        fd: int,
+        size: int,
+        written: int = 0,
+    ) -> None:
         self.directory = directory
         self.generation = generation
+        #: The snapshot generation this log continues (0: none).
+        self.follows = follows
         self.path = os.path.join(directory, log_name(generation))
         self._fs = fs
         # The plain file system's write is os.write itself: skip the wrapper's
         # frame on the hot path. A subclass (fault injection) is always called.
         self._write = os.write if type(fs).write is FileSystem.write else fs.write
         self._fd: int | None = fd
+        self._fd_lock = threading.Lock()
         #: Bytes in the current file.
         self.size = size
-        #: Bytes appended since open; a monotonic position for group commit.
-        self.written = 0
+        #: Bytes appended since open, across rotations: a monotonic position.
+        self.written = written
         self.appends = 0
 
-    # -- opening ------------------------------------------------------------
-
-    @staticmethod
-    def generations(directory: str) -> list[int]:
-        """Generations of the log files in *directory*, oldest first."""
-        found = []
-        for name in os.listdir(directory):
-            m = _LOG_FILE.match(name)
-            if m:
-                found.append(int(m.group(1), 16))
-        return sorted(found)
-
     @classmethod
-    def open(
-        cls,
-        directory: str,
-        fs: FileSystem,
-        apply: Callable[[Record], object],
-        set_key: Callable[[int, str, bytes], object],
-        max_value: int,
-    ) -> tuple[ChangeLog, Recovery]:
-        """Replay every log file, cut a torn tail, and open the newest for append.
-
-        Each record goes to ``apply(record)``, except single-key sets, which go
-        to ``set_key(sid, key, value)`` (see :meth:`RecordReader.replay`).
-        """
-        gens = cls.generations(directory)
-        if not gens:
-            return cls._create(directory, fs, generation=1, follows=0), Recovery(0, (), ())
-        records = 0
-        cuts: list[Cut] = []
-        files: list[str] = []
-        good_end = HEADER_SIZE
-        for i, gen in enumerate(gens):
-            path = os.path.join(directory, log_name(gen))
-            newest = i == len(gens) - 1
-            files.append(path)
-            buf = fs.read(path)
-            try:
-                header = decode_header(buf)
-            except FileError as exc:
-                if newest and _looks_unwritten(buf):
-                    # The file was created but its header never landed: a crash
-                    # artifact of creation. Start it again from an empty state.
-                    cuts.append(Cut(path, 0, len(buf), f"unwritten header ({exc.reason})"))
-                    fs.unlink(path)
-                    fs.fsync_dir(directory)
-                    log = cls._create(directory, fs, generation=gen, follows=0)
-                    return log, Recovery(records, tuple(files), tuple(cuts))
-                raise exc.located(path) from None
-            if header.generation != gen:
-                raise CorruptionError(
-                    f"header says generation {header.generation}, file name says {gen}", path, 12
-                )
-            reader = RecordReader(buf, HEADER_SIZE, max_value)
-            try:
-                records += reader.replay(lambda _pos, rec: apply(rec), set_key)
-            except FileError as exc:
-                raise exc.located(path) from None
-            good_end = reader.end
-            stop = reader.stop
-            if stop is None:
-                continue
-            following = next_valid_record(buf, stop.offset)
-            if not newest or following is not None:
-                detail = f"{stop.reason}"
-                if following is not None:
-                    detail += f"; a valid record follows at offset {following}"
-                else:
-                    detail += " in a log that is not the newest"
-                raise CorruptionError(detail, path, stop.offset)
-            cuts.append(Cut(path, stop.offset, len(buf) - stop.offset, stop.reason))
-        newest_path = os.path.join(directory, log_name(gens[-1]))
-        fd = fs.open(newest_path, os.O_WRONLY | os.O_APPEND)
+    def open_newest(cls, replay: LogReplay, fs: FileSystem, generation: int) -> ChangeLog:
+        """Open the newest log for append after replaying it, cutting its torn tail."""
+        directory = os.path.dirname(replay.path)
+        if replay.header is None:  # an unwritten header: start the file again
+            fs.unlink(replay.path)
+            fs.fsync_dir(directory)
+            return cls.create(directory, fs, generation, follows=0)
+        fd = fs.open(replay.path, os.O_WRONLY | os.O_APPEND)
         try:
-            if cuts:
-                fs.truncate(fd, good_end)
+            if replay.cut is not None:
+                fs.truncate(fd, replay.end)
                 fs.fsync(fd)  # the cut must be durable before new records follow it
         except BaseException:
             fs.close(fd)
             raise
-        log = cls(directory, fs, gens[-1], fd, good_end)
-        return log, Recovery(records, tuple(files), tuple(cuts))
+        return cls(directory, fs, generation, replay.header.follows, fd, replay.end)
 
     @classmethod
-    def _create(cls, directory: str, fs: FileSystem, generation: int, follows: int) -> ChangeLog:
+    def create(
+        cls, directory: str, fs: FileSystem, generation: int, follows: int, written: int = 0
+    ) -> ChangeLog:
         """A new log file holding only its header, made durable with its directory entry."""
         path = os.path.join(directory, log_name(generation))
         tmp = path + ".tmp"
@@ -197,7 +200,7 @@ class ChangeLog:
         fs.rename(tmp, path)
         fs.fsync_dir(directory)
         fd = fs.open(path, os.O_WRONLY | os.O_APPEND)
-        return cls(directory, fs, generation, fd, HEADER_SIZE)
+        return cls(directory, fs, generation, follows, fd, HEADER_SIZE, written)
 
     # -- writing ------------------------------------------------------------
 
@@ -235,11 +238,36 @@ class ChangeLog:
 
     def sync(self) -> None:
         """fsync the current file. Errors propagate as OSError; callers poison the store."""
-        if self._fd is not None:
-            self._fs.fsync(self._fd)
+        with self._fd_lock:
+            if self._fd is not None:
+                self._fs.fsync(self._fd)
+
+    def rotate(self, follows: int) -> None:
+        """Continue in a new file of the next generation that follows snapshot *follows*.
+
+        The current file is fsynced first, so every position before the switch
+        is durable. The caller holds the store lock (no appends meanwhile).
+        """
+        new = ChangeLog.create(self.directory, self._fs, self.generation + 1, follows)
+        with self._fd_lock:
+            old_fd = self._fd
+            try:
+                if old_fd is not None:
+                    self._fs.fsync(old_fd)
+            except BaseException:
+                new.close()
+                raise
+            self._fd, new._fd = new._fd, None
+            self.generation = new.generation
+            self.follows = follows
+            self.path = new.path
+            self.size = new.size
+        if old_fd is not None:
+            self._fs.close(old_fd)
 
     def close(self) -> None:
         """Close the file (without fsync: the durability policy decides that)."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            self._fs.close(fd)
+        with self._fd_lock:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                self._fs.close(fd)

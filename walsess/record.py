@@ -49,10 +49,12 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_PAYLOAD_BYTES",
     "RECORD_OVERHEAD",
+    "SNAPSHOT_MAGIC",
     "ChangeId",
     "Create",
     "Destroy",
     "DestroyReason",
+    "End",
     "Header",
     "Modify",
     "Op",
@@ -65,6 +67,7 @@ __all__ = [
     "encode_change_id",
     "encode_create",
     "encode_destroy",
+    "encode_end",
     "encode_header",
     "encode_modify",
     "encode_record",
@@ -75,6 +78,7 @@ __all__ = [
 ]
 
 LOG_MAGIC = b"WSSLOG\r\n"
+SNAPSHOT_MAGIC = b"WSSSNP\r\n"
 FORMAT_VERSION = 1
 
 HEADER_SIZE = 32
@@ -90,6 +94,7 @@ MAX_SID = 0xFFFF_FFFF
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 _CREATE_FIXED = struct.Struct("<32sddddB")  # digest, created, ttl, idle, hard, flags
 _TOUCH = struct.Struct("<BIIdd")
 _DESTROY = struct.Struct("<BIIB")
@@ -148,6 +153,7 @@ class Op(IntEnum):
     CHANGE_ID = 2
     MODIFY = 3
     TOUCH = 4
+    END = 5
 
 
 class DestroyReason(IntEnum):
@@ -213,7 +219,17 @@ class Touch(NamedTuple):
     ttl: float
 
 
-Record = Union[Create, Destroy, ChangeId, Modify, Touch]  # noqa: UP007 - a runtime alias on 3.10
+class End(NamedTuple):
+    """The last record of a snapshot: how many CREATE records precede it (op 5).
+
+    Only valid in snapshot files; a snapshot without it is incomplete.
+    """
+
+    sid: int
+    sessions: int
+
+
+Record = Union[Create, Destroy, ChangeId, Modify, Touch, End]  # noqa: UP007 - a runtime alias on 3.10
 
 
 class Stop(NamedTuple):
@@ -247,10 +263,16 @@ def _seal(body: bytes) -> bytes:
     return body + _U32.pack(crc32c(body))
 
 
-def encode_header(generation: int, follows: int) -> bytes:
-    """The 32-byte header of a log file of *generation* that follows snapshot *follows*."""
-    head = _HEADER.pack(LOG_MAGIC, FORMAT_VERSION, 0, generation, follows)
+def encode_header(generation: int, follows: int, magic: bytes = LOG_MAGIC) -> bytes:
+    """The 32-byte header of a log file of *generation* that follows snapshot *follows*
+    (or, with ``magic=SNAPSHOT_MAGIC``, of snapshot *generation*; *follows* is then 0)."""
+    head = _HEADER.pack(magic, FORMAT_VERSION, 0, generation, follows)
     return _seal(head)
+
+
+def encode_end(count: int) -> bytes:
+    """The END record that closes a snapshot of *count* sessions."""
+    return _frame(Op.END, 0, _U64.pack(count))
 
 
 def _frame(op: int, sid: int, payload: bytes) -> bytes:
@@ -392,6 +414,8 @@ def encode_record(record: Record) -> bytes:
         return encode_destroy(record.sid, record.reason)
     if isinstance(record, ChangeId):
         return encode_change_id(record.sid, record.digest)
+    if isinstance(record, End):
+        return encode_end(record.sessions)
     if isinstance(record, Modify):
         return encode_modify(record.sid, record.clear, [(k.encode(), v) for k, v in record.changes])
     return encode_touch(record.sid, record.idle_deadline, record.ttl)
@@ -400,13 +424,14 @@ def encode_record(record: Record) -> bytes:
 # -- decoding -------------------------------------------------------------------
 
 
-def decode_header(buf: bytes | memoryview) -> Header:
-    """Parse a log header; :class:`FormatError` or :class:`CorruptionError` at offset 0."""
+def decode_header(buf: bytes | memoryview, magic: bytes = LOG_MAGIC) -> Header:
+    """Parse a log (or snapshot) header; :class:`FormatError` or :class:`CorruptionError`."""
     if len(buf) < HEADER_SIZE:
         raise CorruptionError(f"header is {len(buf)} bytes, expected {HEADER_SIZE}", None, 0)
-    magic, version, _flags, generation, follows = _HEADER.unpack_from(buf, 0)
-    if magic != LOG_MAGIC:
-        raise FormatError(f"not a walsess log (magic {bytes(magic)!r})", None, 0)
+    found, version, _flags, generation, follows = _HEADER.unpack_from(buf, 0)
+    if found != magic:
+        kind = "log" if magic == LOG_MAGIC else "snapshot"
+        raise FormatError(f"not a walsess {kind} (magic {bytes(found)!r})", None, 0)
     (crc,) = _U32.unpack_from(buf, HEADER_SIZE - 4)
     if crc != crc32c(buf[: HEADER_SIZE - 4]):
         raise CorruptionError("header checksum mismatch", None, 0)
@@ -565,6 +590,11 @@ def _decode_payload(
             raise _short(pos)
         rec = Destroy(sid, buf[pos])
         pos += 1
+    elif op == Op.END:
+        if end - pos < 8:
+            raise _short(pos)
+        rec = End(sid, _U64.unpack_from(buf, pos)[0])
+        pos += 8
     elif op == Op.CHANGE_ID:
         if end - pos < DIGEST_SIZE:
             raise _short(pos)
@@ -684,7 +714,7 @@ class RecordReader:
 
 # Offsets where a record could start: a known op byte not followed by eight
 # zero bytes (a length of 0 with SID 0 is never a valid frame of a zeroed page).
-_CANDIDATE = re.compile(rb"(?=[\x00-\x04](?!\x00{8}))", re.DOTALL)
+_CANDIDATE = re.compile(rb"(?=[\x00-\x05](?!\x00{8}))", re.DOTALL)
 
 
 def next_valid_record(buf: bytes, after: int) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import SessionNotFound
@@ -20,9 +21,25 @@ from .tokens import ref_of
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Session"]
+__all__ = ["Session", "SessionInfo"]
 
 _MISSING: Any = object()
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A read-only description of a session, safe to list and log: never the token.
+
+    ``data`` is filled only for destroy hooks (the session's last data).
+    """
+
+    ref: str
+    user: str | None
+    meta: dict[str, Any] | None
+    created_at: float
+    expires_at: float
+    last_seen: float
+    data: dict[str, Any] | None = None
 
 
 class Session(MutableMapping[str, Any]):

@@ -14,36 +14,68 @@ any instant loses nothing a call acknowledged.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import record as rec
 from . import tokens
-from .changelog import ChangeLog, Recovery
 from .codec import JSON, Codec, resolve_codec
 from .durability import make_policy
 from .errors import (
     CodecError,
     SessionNotFound,
+    StorageError,
     StoreClosed,
+    StoreFull,
     StorePoisoned,
     ValidationError,
     ValueTooLarge,
 )
 from .fileio import OS, FileSystem
 from .lockfile import DirectoryLock
-from .session import _MISSING, Session
-from .table import SessionState, SessionTable
+from .session import _MISSING, Session, SessionInfo
+from .snapshot import SnapshotWriter
+from .storedir import Recovery, StoreDirectory
+from .table import DEAD, SessionState, SessionTable
 
-__all__ = ["Store", "open"]
+__all__ = ["Compaction", "Store", "open"]
+
+log = logging.getLogger("walsess")
 
 Clock = Callable[[], float]
+Hook = Callable[[SessionInfo, str], object]
 
 _INF = math.inf
+#: Sessions written to a snapshot per hold of the store lock during compaction.
+_COMPACT_CHUNK = 1000
+#: Destroy records written per hold of the store lock during gc.
+_GC_CHUNK = 1000
+#: A running store keeps SIDs; one that opens with SIDs past this renumbers them.
+_RENUMBER_ABOVE = 1 << 31
+
+_REASONS = {
+    rec.DestroyReason.DESTROYED: "destroyed",
+    rec.DestroyReason.EXPIRED: "expired",
+    rec.DestroyReason.REVOKED: "revoked",
+}
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What one compaction did."""
+
+    generation: int
+    sessions: int
+    snapshot_bytes: int
+    started_at: float
+    seconds: float
+    removed: tuple[str, ...]
 
 
 def open(  # the front door, like io.open and dbm.open
@@ -56,6 +88,10 @@ def open(  # the front door, like io.open and dbm.open
     touch_granularity: float = 60.0,
     codec: str | Codec = "json",
     max_value_bytes: int = 1 << 20,
+    compact_ratio: float | None = 2.0,
+    compact_min_bytes: int = 64 << 20,
+    cleanup_interval: float | None = 60.0,
+    max_sessions: int | None = None,
     clock: Clock = time.time,
     fs: FileSystem = OS,
 ) -> Store:
@@ -73,6 +109,13 @@ def open(  # the front door, like io.open and dbm.open
     :param codec: ``"json"`` (default), ``"pickle"`` (only if you trust every
         writer of the files), or any :class:`~walsess.codec.Codec`.
     :param max_value_bytes: the largest encoded value accepted (and replayed).
+    :param compact_ratio: compact in the background once the log since the last
+        snapshot is larger than this many times the live data and larger than
+        *compact_min_bytes*; None disables automatic compaction.
+    :param cleanup_interval: seconds between background :meth:`Store.gc` runs
+        (real time); 0 or None disables the cleanup thread.
+    :param max_sessions: refuse to create more live sessions than this
+        (:class:`StoreFull`, after a gc); live sessions are never evicted.
     :param clock: seconds since the epoch; inject one in tests instead of sleeping.
     :param fs: the file-system seam (tests inject faults through it).
     :raises LockedError: another opener holds the store.
@@ -89,6 +132,10 @@ def open(  # the front door, like io.open and dbm.open
         touch_granularity=touch_granularity,
         codec=codec,
         max_value_bytes=max_value_bytes,
+        compact_ratio=compact_ratio,
+        compact_min_bytes=compact_min_bytes,
+        cleanup_interval=cleanup_interval,
+        max_sessions=max_sessions,
         clock=clock,
         fs=fs,
     )
@@ -132,6 +179,10 @@ class Store:
         touch_granularity: float,
         codec: str | Codec,
         max_value_bytes: int,
+        compact_ratio: float | None,
+        compact_min_bytes: int,
+        cleanup_interval: float | None,
+        max_sessions: int | None,
         clock: Clock,
         fs: FileSystem,
     ) -> None:
@@ -141,6 +192,16 @@ class Store:
         _positive("touch_granularity", touch_granularity)
         if not 0 < max_value_bytes <= rec.MAX_PAYLOAD_BYTES // 2:
             raise ValidationError(f"max_value_bytes must be in 1..{rec.MAX_PAYLOAD_BYTES // 2}")
+        if compact_ratio is not None:
+            _positive("compact_ratio", compact_ratio)
+        if cleanup_interval:
+            _positive("cleanup_interval", cleanup_interval)
+        if max_sessions is not None and (type(max_sessions) is not int or max_sessions < 1):
+            raise ValidationError(f"max_sessions must be a positive int or None: {max_sessions!r}")
+        self.compact_ratio = compact_ratio
+        self.compact_min_bytes = int(compact_min_bytes)
+        self.cleanup_interval = cleanup_interval or None
+        self.max_sessions = max_sessions
         self.path = path
         self.durability = durability
         self.default_ttl = float(default_ttl)
@@ -156,22 +217,48 @@ class Store:
         self._closed = True
         self._poison: BaseException | None = None
         self._fsyncs = 0
-        self._table = SessionTable()
+        self._hooks: list[Hook] = []
+        # One compaction at a time; the auto-compaction threshold on the log size.
+        self._compact_lock = threading.Lock()
+        self._compact_at = _INF
+        self._compactor: threading.Thread | None = None
+        self.last_compaction: Compaction | None = None
+        self.last_gc: dict[str, float] | None = None
+        self._stop_cleanup = threading.Event()
+        self._cleaner: threading.Thread | None = None
 
         created = _make_dir(path, fs)
         self._dirlock = DirectoryLock(path, fs)
+        self._files = StoreDirectory(path, fs)
         try:
-            self._log, self._recovery = ChangeLog.open(
-                path, fs, self._table.apply, self._table.set_key, max_value_bytes
-            )
-            if created:
-                fs.fsync_dir(os.path.dirname(os.path.abspath(path)))
-            self._sync = make_policy(durability, self._fsync, self._position, fsync_interval)
+            self._table, self._log, self._recovery = self._files.recover(max_value_bytes)
         except BaseException:
             self._dirlock.release()
             raise
-        self._always = self._sync.waits
-        self._closed = False
+        try:
+            if created:
+                fs.fsync_dir(os.path.dirname(os.path.abspath(path)))
+            self._sync = make_policy(durability, self._fsync, self._position, fsync_interval)
+            self._always = self._sync.waits
+            self._closed = False
+            self._live_bytes = 0
+            if self._recovery.snapshot is not None:
+                self._live_bytes = os.stat(self._recovery.snapshot).st_size
+            if self._table.by_sid and max(self._table.by_sid) > _RENUMBER_ABOVE:
+                self._renumber()
+            self._set_compact_threshold()
+        except BaseException:
+            self._closed = True
+            if hasattr(self, "_sync"):
+                self._sync.close()
+            self._log.close()
+            self._dirlock.release()
+            raise
+        if self.cleanup_interval:
+            self._cleaner = threading.Thread(
+                target=self._cleanup_loop, name="walsess-cleanup", daemon=True
+            )
+            self._cleaner.start()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -191,6 +278,10 @@ class Store:
             if self._closed:
                 return
             self._closed = True
+        self.stop_cleanup()
+        compactor = self._compactor
+        if compactor is not None and compactor is not threading.current_thread():
+            compactor.join()  # it sees the store closed and stops at its next chunk
         try:
             self._sync.close()
             if self._poison is None:
@@ -205,7 +296,7 @@ class Store:
 
     @property
     def recovery(self) -> Recovery:
-        """What opening found: records replayed and any torn tail that was cut."""
+        """What opening found: the snapshot loaded, records replayed, any torn tail cut."""
         return self._recovery
 
     def sync(self) -> None:
@@ -253,6 +344,8 @@ class Store:
             raise
         if not self._sync.dirty:
             self._sync.appended()
+        if self._log.size > self._compact_at:
+            self._start_compaction()
         return pos
 
     # -- validation ---------------------------------------------------------------
@@ -334,9 +427,16 @@ class Store:
         items = self._encode_items((data or {}).items())
         token = tokens.new_token()
         digest = tokens.digest(token)
+        if self.max_sessions is not None and len(self._table) >= self.max_sessions:
+            self.gc()
         with self._lock:
             self._check_writable()
             table = self._table
+            if self.max_sessions is not None and len(table) >= self.max_sessions:
+                raise StoreFull(
+                    f"the store holds max_sessions={self.max_sessions} live sessions;"
+                    " live sessions are never evicted"
+                )
             while table.ref_taken(digest):  # a 64-bit ref collision: draw again
                 token = tokens.new_token()
                 digest = tokens.digest(token)
@@ -402,7 +502,7 @@ class Store:
             if st.digest is not digest:
                 return False
             pos = self._commit(record)
-            SessionTable.touch(st, idle, ttl)
+            self._table.touch(st, idle, ttl)
         if self._always:
             self._sync.wait(pos)
         return True
@@ -445,9 +545,12 @@ class Store:
             if st.digest is not digest:
                 return False
             pos = self._commit(record)
+            gone = self._info(st, with_data=True) if self._hooks else None
             self._table.remove(st)
         if self._always:
             self._sync.wait(pos)
+        if gone is not None:
+            self._notify([gone], _REASONS[rec.DestroyReason(reason)])
         return True
 
     def regenerate(self, token: str) -> Session:
@@ -470,9 +573,12 @@ class Store:
                 new_token = tokens.new_token()
                 new = tokens.digest(new_token)
             pos = self._commit(rec.encode_change_id(st.sid, new))
+            gone = self._info(st, with_data=True) if self._hooks else None
             self._table.change_digest(st, new)
         if self._always:
             self._sync.wait(pos)
+        if gone is not None:
+            self._notify([gone], "regenerated")
         return Session(self, st, new_token)
 
     # -- changes through a Session ---------------------------------------------------
@@ -503,6 +609,8 @@ class Store:
             st.data[key] = vb
             if not self._sync.dirty:
                 self._sync.appended()
+            if self._log.size > self._compact_at:
+                self._start_compaction()
         if self._always:
             self._sync.wait(pos)
 
@@ -536,26 +644,290 @@ class Store:
 
     # -- whole store ------------------------------------------------------------------
 
+    # -- whole store: listing --------------------------------------------------------
+
+    def _expired_now(self, now: float) -> int:
+        """Stored sessions that have expired but are not yet removed by gc."""
+        return sum(1 for st in self._table.expiring(now) if not st.live_at(now))
+
     def __len__(self) -> int:
-        """Live (unexpired) sessions. O(n) until an expiry index exists."""
+        """Live (unexpired) sessions. O(log n + k) for k sessions due for gc."""
         self._check_open()
         now = self._clock()
-        return sum(1 for st in list(self._table.by_sid.values()) if st.live_at(now))
+        with self._lock:
+            return len(self._table) - self._expired_now(now)
+
+    def _info(self, st: SessionState, with_data: bool = False) -> SessionInfo:
+        decode = self._decode
+        return SessionInfo(
+            ref=tokens.ref_of(st.digest),
+            user=st.user,
+            meta=None if st.meta is None else JSON.decode(st.meta),
+            created_at=st.created_at,
+            expires_at=st.expires_at,
+            last_seen=st.idle_deadline - st.ttl,
+            data={k: decode(v) for k, v in st.data.items()} if with_data else None,
+        )
+
+    def sessions(self) -> Iterator[SessionInfo]:
+        """Every live session as a read-only :class:`SessionInfo` (never the token).
+
+        The list is taken at one moment under the lock: O(n).
+        """
+        self._check_open()
+        now = self._clock()
+        with self._lock:
+            infos = [self._info(st) for st in self._table.by_sid.values() if st.live_at(now)]
+        return iter(infos)
+
+    def sessions_of(self, user: str) -> list[SessionInfo]:
+        """The live sessions of *user*, oldest first, as infos: an "active devices" list."""
+        self._check_open()
+        now = self._clock()
+        with self._lock:
+            return [self._info(st) for st in self._table.of_user(user) if st.live_at(now)]
+
+    def destroy_user(self, user: str, keep: Iterable[str] = ()) -> int:
+        """Destroy every live session of *user* except those in *keep* (tokens or refs):
+        "log out my other devices". Returns how many were destroyed; hooks see "revoked"."""
+        self._check_open()
+        if isinstance(keep, str):
+            raise ValidationError("keep must be a collection of tokens or refs, not one string")
+        kept: set[bytes] = set()
+        for item in keep:
+            key = tokens.parse_ref(item)
+            if key is None and isinstance(item, str):
+                key = tokens.ref_key(tokens.digest(item))
+            if key is not None:
+                kept.add(key)
+        now = self._clock()
+        with self._lock:
+            doomed = [
+                st
+                for st in self._table.of_user(user)
+                if st.live_at(now) and tokens.ref_key(st.digest) not in kept
+            ]
+        return self._destroy_many(doomed, rec.DestroyReason.REVOKED)
+
+    def _destroy_many(self, doomed: list[SessionState], reason: int) -> int:
+        """Destroy sessions in batches, one append per batch, hooks after each batch."""
+        done = 0
+        for i in range(0, len(doomed), _GC_CHUNK):
+            gone: list[SessionInfo] = []
+            with self._lock:
+                self._check_writable()
+                batch = [st for st in doomed[i : i + _GC_CHUNK] if st.digest is not DEAD]
+                if not batch:
+                    continue
+                pos = self._commit(b"".join(rec.encode_destroy(st.sid, reason) for st in batch))
+                for st in batch:
+                    if self._hooks:
+                        gone.append(self._info(st, with_data=True))
+                    self._table.remove(st)
+            done += len(batch)
+            if self._always:
+                self._sync.wait(pos)
+            if gone:
+                self._notify(gone, _REASONS[rec.DestroyReason(reason)])
+        return done
+
+    # -- expiry ------------------------------------------------------------------------
+
+    def gc(self) -> int:
+        """Remove expired sessions, logging a DESTROY (reason expired) for each.
+
+        Returns how many were removed. Costs O(log n + k) for the k sessions
+        whose logged deadline has passed, not O(n): expiry is indexed.
+        Sessions a read has extended in memory are re-filed, not removed.
+        """
+        self._check_open()
+        started = time.monotonic()
+        now = self._clock()
+        with self._lock:
+            due = self._table.expiring(now)
+            expired = []
+            for st in due:
+                if st.live_at(now):
+                    self._table.reindex(st, st.expires_at)  # extended by reads since
+                else:
+                    expired.append(st)
+        count = self._destroy_many(expired, rec.DestroyReason.EXPIRED)
+        self.last_gc = {"at": now, "seconds": time.monotonic() - started, "removed": count}
+        return count
+
+    def _cleanup_loop(self) -> None:
+        interval = self.cleanup_interval
+        assert interval is not None
+        while not self._stop_cleanup.wait(interval):
+            try:
+                self.gc()
+            except StoreClosed:
+                return
+            except Exception:  # keep cleaning; say why this round failed
+                log.exception("walsess: background gc of %s failed", self.path)
+
+    def stop_cleanup(self) -> None:
+        """Stop the background cleanup thread now (close() does this too)."""
+        self._stop_cleanup.set()
+        cleaner = self._cleaner
+        if cleaner is not None and cleaner is not threading.current_thread():
+            cleaner.join()
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def on_destroy(self, fn: Hook) -> Callable[[], None]:
+        """Call ``fn(info, reason)`` after each session is gone; returns an unsubscribe function.
+
+        *reason* is "destroyed", "expired", "regenerated" (for the old token) or
+        "revoked". *info* is a :class:`SessionInfo` with the session's ref,
+        user, meta and last data, never its token. Hooks run in the thread that
+        removed the session (the cleanup thread for expiry) after the store's
+        lock is released; an exception in one is logged and changes nothing.
+        """
+        with self._lock:
+            self._hooks = [*self._hooks, fn]
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._hooks = [h for h in self._hooks if h is not fn]
+
+        return unsubscribe
+
+    def _notify(self, infos: list[SessionInfo], reason: str) -> None:
+        for hook in self._hooks:
+            for info in infos:
+                try:
+                    hook(info, reason)
+                except Exception:
+                    log.exception("walsess: on_destroy hook %r raised", hook)
+
+    # -- compaction ----------------------------------------------------------------------
+
+    def _set_compact_threshold(self) -> None:
+        if self.compact_ratio is None:
+            self._compact_at = _INF
+        else:
+            self._compact_at = max(self.compact_min_bytes, self.compact_ratio * self._live_bytes)
+
+    def _start_compaction(self) -> None:
+        """Under the lock: start a background compaction unless one is running."""
+        self._compact_at = _INF  # until this compaction sets it again
+        thread = threading.Thread(target=self._auto_compact, name="walsess-compactor", daemon=True)
+        self._compactor = thread
+        thread.start()
+
+    def _auto_compact(self) -> None:
+        try:
+            self.compact()
+        except (StoreClosed, StorePoisoned):
+            pass
+        except Exception:
+            log.exception("walsess: background compaction of %s failed", self.path)
+            with self._lock:
+                self._set_compact_threshold()
+
+    def compact(self) -> Compaction:
+        """Write the live sessions as a snapshot and start a new log generation.
+
+        Writers are not stopped: the log is rotated first, then the table is
+        written out in chunks of 1,000 sessions, each under one short hold of
+        the lock, while writers append to the new log. Replaying that log over
+        the snapshot gives the right state because every record is idempotent
+        (docs/FORMAT.md, "Compaction"). The snapshot is installed with
+        write, fsync, rename, directory fsync; older files are deleted only
+        after that. Costs O(n) time and one pass of writes.
+        """
+        with self._compact_lock:
+            return self._compact()
+
+    def _compact(self) -> Compaction:
+        started = time.monotonic()
+        started_at = self._clock()
+        with self._lock:
+            self._check_writable()
+            generation = self._log.generation + 1
+            try:
+                self._log.rotate(follows=generation)
+            except StorePoisoned as exc:
+                self._poison = exc
+                raise
+            except OSError as exc:
+                raise StorageError(f"compaction could not start a new log: {exc}") from exc
+            sids = list(self._table.by_sid)
+        try:
+            writer = SnapshotWriter(self.path, self._fs, generation)
+        except OSError as exc:
+            raise StorageError(f"compaction could not create a snapshot: {exc}") from exc
+        try:
+            for i in range(0, len(sids), _COMPACT_CHUNK):
+                with self._lock:
+                    self._check_writable()
+                    chunk = [self._table.by_sid.get(sid) for sid in sids[i : i + _COMPACT_CHUNK]]
+                    parts = [_snapshot_record(st) for st in chunk if st is not None]
+                writer.write(b"".join(parts), len(parts))
+            writer.commit()
+        except OSError as exc:
+            writer.abort()
+            raise StorageError(f"compaction failed writing {writer.tmp}: {exc}") from exc
+        except BaseException:
+            writer.abort()
+            raise
+        removed = self._files.remove_before(generation)
+        result = Compaction(
+            generation=generation,
+            sessions=writer.count,
+            snapshot_bytes=writer.size,
+            started_at=started_at,
+            seconds=time.monotonic() - started,
+            removed=tuple(removed),
+        )
+        with self._lock:
+            self.last_compaction = result
+            self._live_bytes = writer.size
+            self._set_compact_threshold()
+        return result
+
+    def _renumber(self) -> None:
+        """At open, before any writer: give the sessions SIDs 1..n and compact, so
+        the 32-bit SID space never runs out however long the store lives."""
+        table = self._table
+        states = sorted(table.by_sid.values(), key=lambda st: st.sid)
+        table.by_sid = {}
+        for new_sid, st in enumerate(states, start=1):
+            st.sid = new_sid
+            table.by_sid[new_sid] = st
+        table.next_sid = len(states) + 1
+        table.begin_bulk()
+        table.end_bulk()
+        self._compact()
+
+    # -- stats -------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counters for monitoring: sessions, records, log bytes, fsyncs, mode."""
+        """Counters for monitoring: sessions, bytes on disk and in memory, compaction, gc."""
         self._check_open()
+        snapshot_bytes, log_bytes = self._files.sizes()
+        now = self._clock()
         with self._lock:
             stored = len(self._table)
-            log_bytes = self._log.size
+            expired = self._expired_now(now)
             appended = self._log.appends
+            sample = list(self._table.by_sid.values())[:256]
+        live = self._live_bytes or 1
         return {
-            "sessions": len(self),
+            "sessions": stored - expired,
             "stored_sessions": stored,
+            "expired_pending_gc": expired,
+            "snapshot_bytes": snapshot_bytes,
+            "log_bytes": log_bytes,
+            "live_bytes_estimate": self._live_bytes,
+            "log_to_live_ratio": log_bytes / live,
+            "memory_bytes_estimate": int(_memory_per_session(sample) * stored),
             "records_replayed": self._recovery.records,
             "records_appended": appended,
-            "log_bytes": log_bytes,
             "log_generation": self._log.generation,
+            "last_compaction": self.last_compaction,
+            "last_gc": self.last_gc,
             "fsyncs": self._fsyncs,
             "durability": self.durability,
             "codec": self.codec.name,
@@ -579,3 +951,34 @@ def _make_dir(path: str, fs: FileSystem) -> bool:
         return False
     os.chmod(path, 0o700)  # exactly owner-only, whatever the umask
     return True
+
+
+def _snapshot_record(st: SessionState) -> bytes:
+    """A session as the CREATE record that recreates it exactly (in a snapshot)."""
+    return rec.encode_create(
+        st.sid,
+        st.digest,
+        st.created_at,
+        st.ttl,
+        st.idle_deadline,
+        st.hard_deadline,
+        st.user,
+        st.meta,
+        [(k.encode(), v) for k, v in st.data.items()],
+    )
+
+
+def _memory_per_session(sample: list[SessionState]) -> float:
+    """Average bytes one session holds in memory, from a sample (an estimate)."""
+    import sys
+
+    if not sample:
+        return 0.0
+    size = sys.getsizeof
+    total = 0
+    for st in sample:
+        total += size(st) + size(st.digest) + size(st.data) + 4 * 24 + 2 * 100  # floats, indexes
+        total += sum(size(v) for v in st.data.values())
+        if st.meta is not None:
+            total += size(st.meta)
+    return total / len(sample)

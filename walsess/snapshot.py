@@ -1,0 +1,146 @@
+"""Snapshot files: the live sessions written out, so old log files can be deleted.
+
+A snapshot ``<generation>.snap`` is a header (magic ``WSSSNP\\r\\n``), one
+CREATE record per session, and an END record holding the count. It is
+written under a temporary name, fsynced, renamed into place and the
+directory fsynced; only then is it trusted, and only then may the files it
+replaces be deleted. A snapshot without its END record, or with any record
+failing its checksum, is invalid as a whole: it never yields a partial state.
+
+Example::
+
+    writer = SnapshotWriter(directory, fs, generation=7)
+    writer.write(b"".join(create_records), count=len(create_records))
+    writer.commit()                       # durable and visible from here on
+    load_snapshot(writer.path, fs, table.apply, max_value=1 << 20)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+
+from .errors import CorruptionError, FileError
+from .fileio import FileSystem
+from .record import (
+    HEADER_SIZE,
+    SNAPSHOT_MAGIC,
+    Create,
+    End,
+    Record,
+    RecordReader,
+    decode_header,
+    encode_end,
+    encode_header,
+)
+
+__all__ = ["SNAPSHOT_FILE", "SnapshotWriter", "load_snapshot", "snapshot_name"]
+
+SNAPSHOT_FILE = re.compile(r"^([0-9a-f]{16})\.snap$")
+
+
+def snapshot_name(generation: int) -> str:
+    """File name of the snapshot of *generation*."""
+    return f"{generation:016x}.snap"
+
+
+class SnapshotWriter:
+    """Writes one snapshot file in pieces, then installs it atomically.
+
+    Cost: one write per :meth:`write` call, one fsync and one rename at
+    :meth:`commit`. Not thread-safe; one compaction writes one snapshot.
+    """
+
+    def __init__(self, directory: str, fs: FileSystem, generation: int) -> None:
+        self.directory = directory
+        self.generation = generation
+        self.path = os.path.join(directory, snapshot_name(generation))
+        self.tmp = self.path + ".tmp"
+        self.count = 0
+        self._fs = fs
+        self._fd: int | None = fs.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.size = 0
+        try:
+            self._put(encode_header(generation, 0, SNAPSHOT_MAGIC))
+        except BaseException:
+            self.abort()
+            raise
+
+    def _put(self, data: bytes) -> None:
+        assert self._fd is not None, "snapshot already committed or aborted"
+        self._fs.write_all(self._fd, data)
+        self.size += len(data)
+
+    def write(self, records: bytes, count: int) -> None:
+        """Append *count* CREATE records, already encoded and concatenated."""
+        self._put(records)
+        self.count += count
+
+    def commit(self) -> None:
+        """END record, fsync, rename into place, fsync the directory."""
+        self._put(encode_end(self.count))
+        fd, self._fd = self._fd, None
+        assert fd is not None
+        try:
+            self._fs.fsync(fd)
+        finally:
+            self._fs.close(fd)
+        self._fs.rename(self.tmp, self.path)
+        self._fs.fsync_dir(self.directory)
+
+    def abort(self) -> None:
+        """Close and remove the temporary file; never raises."""
+        fd, self._fd = self._fd, None
+        try:
+            if fd is not None:
+                self._fs.close(fd)
+            self._fs.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+def load_snapshot(
+    path: str, fs: FileSystem, apply: Callable[[Record], object], max_value: int
+) -> int:
+    """Apply every session of the snapshot at *path*; returns how many.
+
+    Raises :class:`FormatError` or :class:`CorruptionError` naming *path* and
+    the offset if the file is not a complete, valid snapshot. *apply* may
+    have been called for some sessions before such an error.
+    """
+    buf = fs.read(path)
+    try:
+        header = decode_header(buf, SNAPSHOT_MAGIC)
+    except FileError as exc:
+        raise exc.located(path) from None
+    end: list[tuple[int, End]] = []
+
+    def take(pos: int, rec: Record) -> None:
+        if end:
+            raise CorruptionError("a record follows the END record", path, pos)
+        if type(rec) is Create:
+            apply(rec)
+        elif type(rec) is End:
+            end.append((pos, rec))
+        else:
+            raise CorruptionError(f"a {type(rec).__name__} record in a snapshot", path, pos)
+
+    reader = RecordReader(buf, HEADER_SIZE, max_value)
+    try:
+        count = reader.replay(take)
+    except FileError as exc:
+        raise exc.located(path) from None
+    if reader.stop is not None:
+        raise CorruptionError(f"{reader.stop.reason} (a snapshot is never torn)", path,
+                              reader.stop.offset)  # fmt: skip
+    if not end:
+        raise CorruptionError("no END record: the snapshot is incomplete", path, reader.end)
+    pos, last = end[0]
+    if last.sessions != count - 1:
+        raise CorruptionError(
+            f"END says {last.sessions} sessions, the file holds {count - 1}", path, pos
+        )
+    if header.generation != int(os.path.basename(path).split(".")[0], 16):
+        raise CorruptionError(f"header says generation {header.generation}", path, 12)
+    return last.sessions

@@ -1,0 +1,201 @@
+"""The store directory as a whole: which files make up the state, and recovery.
+
+A directory holds snapshots ``<g>.snap`` and logs ``<g>.log``. Snapshot *s*
+is paired with log *s*: a compaction first starts log *s* (whose header says
+it follows snapshot *s*), then writes snapshot *s* from the table while
+writers go on appending to log *s*. So the state is
+
+    snapshot s  +  logs s, s+1, ..., newest        (or, with no snapshot, logs 1..newest)
+
+and opening picks the newest valid snapshot whose log chain is complete.
+Logs older than the chosen snapshot are stale: never replayed (their
+generation is below it, and a log whose header follows an older snapshot is
+refused), and deleted. A damaged newest snapshot is passed over only when an
+older snapshot plus a complete chain of logs gives the full state; otherwise
+opening fails with :class:`CorruptionError` rather than lose data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from .changelog import LOG_FILE, ChangeLog, Cut, log_name, replay_log
+from .errors import CorruptionError, FileError
+from .fileio import FileSystem
+from .snapshot import SNAPSHOT_FILE, load_snapshot, snapshot_name
+from .table import SessionTable
+
+__all__ = ["Recovery", "StoreDirectory"]
+
+_TMP_FILE = re.compile(r"^[0-9a-f]{16}\.(log|snap)\.tmp$")
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What opening a store found and did."""
+
+    #: The snapshot loaded, or None.
+    snapshot: str | None
+    #: Sessions loaded from it.
+    snapshot_sessions: int
+    #: Log records replayed after it.
+    records: int
+    #: Log files replayed, oldest first.
+    files: tuple[str, ...]
+    #: Torn tails cut from the newest log.
+    cuts: tuple[Cut, ...]
+    #: Damaged snapshots passed over because older files gave the full state.
+    skipped: tuple[str, ...]
+    #: Obsolete files deleted (stale logs, old snapshots, temporary files).
+    removed: tuple[str, ...]
+
+    @property
+    def clean(self) -> bool:
+        """True if nothing had to be cut or passed over."""
+        return not self.cuts and not self.skipped
+
+
+class StoreDirectory:
+    """Names, lists and removes the files of one store directory."""
+
+    def __init__(self, path: str, fs: FileSystem) -> None:
+        self.path = path
+        self._fs = fs
+
+    def _generations(self, pattern: re.Pattern[str]) -> list[int]:
+        found = []
+        for name in os.listdir(self.path):
+            m = pattern.match(name)
+            if m:
+                found.append(int(m.group(1), 16))
+        return sorted(found)
+
+    def logs(self) -> list[int]:
+        return self._generations(LOG_FILE)
+
+    def snapshots(self) -> list[int]:
+        return self._generations(SNAPSHOT_FILE)
+
+    def log_path(self, generation: int) -> str:
+        return os.path.join(self.path, log_name(generation))
+
+    def snapshot_path(self, generation: int) -> str:
+        return os.path.join(self.path, snapshot_name(generation))
+
+    def sizes(self) -> tuple[int, int]:
+        """(snapshot bytes, log bytes) on disk now."""
+        snap = sum(_size(self.snapshot_path(g)) for g in self.snapshots())
+        logs = sum(_size(self.log_path(g)) for g in self.logs())
+        return snap, logs
+
+    def remove_before(self, snapshot: int) -> list[str]:
+        """Delete logs and snapshots older than *snapshot*, then fsync the directory."""
+        doomed = [self.log_path(g) for g in self.logs() if g < snapshot]
+        doomed += [self.snapshot_path(g) for g in self.snapshots() if g < snapshot]
+        for path in doomed:
+            self._fs.unlink(path)
+        if doomed:
+            self._fs.fsync_dir(self.path)
+        return doomed
+
+    # -- recovery ------------------------------------------------------------------
+
+    def recover(self, max_value: int) -> tuple[SessionTable, ChangeLog, Recovery]:
+        """Load the newest valid snapshot, replay the logs after it, open the newest log."""
+        fs = self._fs
+        removed = [os.path.join(self.path, n) for n in os.listdir(self.path) if _TMP_FILE.match(n)]
+        for path in removed:
+            fs.unlink(path)
+        logs = self.logs()
+        snaps = self.snapshots()
+        skipped: list[str] = []
+        first_error: FileError | None = None
+        for s in [*reversed(snaps), 0]:
+            chain = [g for g in logs if g >= s]
+            start = s if s else 1
+            if chain and chain != list(range(start, start + len(chain))):
+                if first_error is None:
+                    missing = sorted(set(range(start, chain[-1] + 1)) - set(chain))
+                    first_error = CorruptionError(
+                        f"log generation(s) {', '.join(map(str, missing))} missing", self.path
+                    )
+                continue
+            if s == 0 and snaps and not chain:
+                continue  # every snapshot failed and there is no log chain to fall back on
+            table = SessionTable()
+            table.begin_bulk()
+            loaded = 0
+            if s:
+                try:
+                    loaded = load_snapshot(self.snapshot_path(s), fs, table.apply, max_value)
+                except FileError as exc:
+                    if first_error is None:
+                        first_error = exc
+                    skipped.append(f"{self.snapshot_path(s)}: {exc.reason}")
+                    continue
+            if first_error is not None and not isinstance(first_error, CorruptionError):
+                raise first_error
+            return self._replay(table, s, loaded, chain, skipped, removed, max_value)
+        assert first_error is not None
+        raise first_error
+
+    def _replay(
+        self,
+        table: SessionTable,
+        s: int,
+        loaded: int,
+        chain: list[int],
+        skipped: list[str],
+        removed: list[str],
+        max_value: int,
+    ) -> tuple[SessionTable, ChangeLog, Recovery]:
+        fs = self._fs
+        records = 0
+        cuts: list[Cut] = []
+        files: list[str] = []
+        last = None
+        for i, g in enumerate(chain):
+            path = self.log_path(g)
+            last = replay_log(path, fs, table.apply, table.set_key, max_value, i == len(chain) - 1)
+            files.append(path)
+            records += last.records
+            if last.cut is not None:
+                cuts.append(last.cut)
+            if last.header is not None and not s <= last.header.follows <= g:
+                raise CorruptionError(
+                    f"log follows snapshot {last.header.follows}, but snapshot {s} was loaded:"
+                    " a stale or misplaced log",
+                    path,
+                    20,
+                )
+        table.end_bulk()
+        if last is None:
+            log = ChangeLog.create(self.path, fs, s or 1, follows=s)
+        else:
+            log = ChangeLog.open_newest(last, fs, chain[-1])
+        try:
+            # Damaged newer snapshots that were passed over stay for inspection
+            # until a later compaction supersedes them.
+            removed += self.remove_before(s)
+        except BaseException:
+            log.close()
+            raise
+        recovery = Recovery(
+            snapshot=self.snapshot_path(s) if s else None,
+            snapshot_sessions=loaded,
+            records=records,
+            files=tuple(files),
+            cuts=tuple(cuts),
+            skipped=tuple(skipped),
+            removed=tuple(removed),
+        )
+        return table, log, recovery
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
