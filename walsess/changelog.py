@@ -246,18 +246,22 @@ class ChangeLog:
         """Continue in a new file of the next generation that follows snapshot *follows*.
 
         The current file is fsynced first, so every position before the switch
-        is durable. The caller holds the store lock (no appends meanwhile).
+        is durable; if that fsync fails, :class:`StorePoisoned` (never retried).
+        If creating the new file fails, appends go on in the current one. The
+        caller holds the store lock (no appends meanwhile).
         """
+        with self._fd_lock:
+            if self._fd is None:
+                raise StorageError(f"{self.path} is closed")
+            try:
+                self._fs.fsync(self._fd)
+            except OSError as exc:
+                raise StorePoisoned(
+                    f"fsync of {self.path} failed ({exc.strerror or exc}) while rotating the log"
+                ) from exc
         new = ChangeLog.create(self.directory, self._fs, self.generation + 1, follows)
         with self._fd_lock:
-            old_fd = self._fd
-            try:
-                if old_fd is not None:
-                    self._fs.fsync(old_fd)
-            except BaseException:
-                new.close()
-                raise
-            self._fd, new._fd = new._fd, None
+            old_fd, self._fd, new._fd = self._fd, new._fd, None
             self.generation = new.generation
             self.follows = follows
             self.path = new.path

@@ -21,13 +21,13 @@ import os
 import re
 from dataclasses import dataclass
 
-from .changelog import LOG_FILE, ChangeLog, Cut, log_name, replay_log
+from .changelog import LOG_FILE, ChangeLog, Cut, LogReplay, log_name, replay_log
 from .errors import CorruptionError, FileError
 from .fileio import FileSystem
 from .snapshot import SNAPSHOT_FILE, load_snapshot, snapshot_name
 from .table import SessionTable
 
-__all__ = ["Recovery", "StoreDirectory"]
+__all__ = ["Loaded", "Recovery", "StoreDirectory"]
 
 _TMP_FILE = re.compile(r"^[0-9a-f]{16}\.(log|snap)\.tmp$")
 
@@ -102,12 +102,11 @@ class StoreDirectory:
 
     # -- recovery ------------------------------------------------------------------
 
-    def recover(self, max_value: int) -> tuple[SessionTable, ChangeLog, Recovery]:
-        """Load the newest valid snapshot, replay the logs after it, open the newest log."""
+    def load(self, max_value: int) -> Loaded:
+        """Read the state without changing any file: the newest valid snapshot whose
+        log chain is complete, and the logs after it. Safe while another process
+        has the store open (a torn tail is reported, not cut)."""
         fs = self._fs
-        removed = [os.path.join(self.path, n) for n in os.listdir(self.path) if _TMP_FILE.match(n)]
-        for path in removed:
-            fs.unlink(path)
         logs = self.logs()
         snaps = self.snapshots()
         skipped: list[str] = []
@@ -137,7 +136,7 @@ class StoreDirectory:
                     continue
             if first_error is not None and not isinstance(first_error, CorruptionError):
                 raise first_error
-            return self._replay(table, s, loaded, chain, skipped, removed, max_value)
+            return self._replay(table, s, loaded, chain, skipped, max_value)
         assert first_error is not None
         raise first_error
 
@@ -148,21 +147,17 @@ class StoreDirectory:
         loaded: int,
         chain: list[int],
         skipped: list[str],
-        removed: list[str],
         max_value: int,
-    ) -> tuple[SessionTable, ChangeLog, Recovery]:
-        fs = self._fs
+    ) -> Loaded:
         records = 0
-        cuts: list[Cut] = []
-        files: list[str] = []
-        last = None
+        replays: list[LogReplay] = []
         for i, g in enumerate(chain):
             path = self.log_path(g)
-            last = replay_log(path, fs, table.apply, table.set_key, max_value, i == len(chain) - 1)
-            files.append(path)
+            last = replay_log(
+                path, self._fs, table.apply, table.set_key, max_value, i == len(chain) - 1
+            )
+            replays.append(last)
             records += last.records
-            if last.cut is not None:
-                cuts.append(last.cut)
             if last.header is not None and not s <= last.header.follows <= g:
                 raise CorruptionError(
                     f"log follows snapshot {last.header.follows}, but snapshot {s} was loaded:"
@@ -171,10 +166,22 @@ class StoreDirectory:
                     20,
                 )
         table.end_bulk()
-        if last is None:
+        return Loaded(table, s, loaded, records, tuple(replays), tuple(skipped))
+
+    def recover(self, max_value: int) -> tuple[SessionTable, ChangeLog, Recovery]:
+        """:meth:`load`, then make the directory writable: remove temporary and
+        stale files, cut a torn tail, and open the newest log for append."""
+        fs = self._fs
+        removed = [os.path.join(self.path, n) for n in os.listdir(self.path) if _TMP_FILE.match(n)]
+        for path in removed:
+            fs.unlink(path)
+        loaded = self.load(max_value)
+        s = loaded.snapshot
+        if not loaded.logs:
             log = ChangeLog.create(self.path, fs, s or 1, follows=s)
         else:
-            log = ChangeLog.open_newest(last, fs, chain[-1])
+            last = loaded.logs[-1]
+            log = ChangeLog.open_newest(last, fs, self.logs()[-1])
         try:
             # Damaged newer snapshots that were passed over stay for inspection
             # until a later compaction supersedes them.
@@ -184,14 +191,27 @@ class StoreDirectory:
             raise
         recovery = Recovery(
             snapshot=self.snapshot_path(s) if s else None,
-            snapshot_sessions=loaded,
-            records=records,
-            files=tuple(files),
-            cuts=tuple(cuts),
-            skipped=tuple(skipped),
+            snapshot_sessions=loaded.snapshot_sessions,
+            records=loaded.records,
+            files=tuple(r.path for r in loaded.logs),
+            cuts=tuple(r.cut for r in loaded.logs if r.cut is not None),
+            skipped=loaded.skipped,
             removed=tuple(removed),
         )
-        return table, log, recovery
+        return loaded.table, log, recovery
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The state read from a directory by :meth:`StoreDirectory.load`."""
+
+    table: SessionTable
+    #: Generation of the snapshot used (0: none).
+    snapshot: int
+    snapshot_sessions: int
+    records: int
+    logs: tuple[LogReplay, ...]
+    skipped: tuple[str, ...]
 
 
 def _size(path: str) -> int:
