@@ -1,0 +1,191 @@
+"""The ``walsess`` command, run as a subprocess on real stores, clean and damaged."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FakeClock
+
+import walsess
+from walsess import record as r
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "walsess", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def now_clock() -> FakeClock:
+    """A clock at the real present: the command judges expiry by the wall clock."""
+    return FakeClock(time.time())
+
+
+@pytest.fixture
+def built(tmp_path: Path, now_clock: FakeClock) -> tuple[str, dict[str, dict[str, object]]]:
+    """A store with a snapshot and a log after it; returns (dir, {token: data})."""
+    clock = now_clock
+    path = str(tmp_path / "store")
+    with walsess.open(path, clock=clock, cleanup_interval=None) as store:
+        sessions = [store.create({"i": i}, user=f"u{i % 2}") for i in range(6)]
+        sessions[0]["cart"] = [1, 2]
+        store.compact()
+        sessions[1]["late"] = "yes"
+        store.destroy(sessions[2].id)
+        data = {s.id: dict(s) for s in sessions if s.id != sessions[2].id}
+    return path, data
+
+
+def newest_log(path: str) -> Path:
+    return sorted(Path(path).glob("*.log"))[-1]
+
+
+def test_check_clean(built: tuple[str, dict[str, dict[str, object]]]) -> None:
+    path, data = built
+    res = run("check", path)
+    assert res.returncode == 0, res.stderr
+    assert f"{len(data)} sessions" in res.stdout and res.stdout.rstrip().endswith("clean")
+    assert "6 sessions" in res.stdout  # the snapshot's line
+
+
+def test_check_reports_torn_tail_and_exits_0(
+    built: tuple[str, dict[str, dict[str, object]]],
+) -> None:
+    path, _ = built
+    log = newest_log(path)
+    size = log.stat().st_size
+    with log.open("ab") as f:
+        f.write(b"\x03\x01\x00torn")
+    res = run("check", path)
+    assert res.returncode == 0
+    assert f"torn tail: 7 bytes at offset {size}" in res.stdout
+    assert log.stat().st_size == size + 7  # check never writes
+
+
+def test_check_corrupt_names_file_and_offset(
+    built: tuple[str, dict[str, dict[str, object]]],
+) -> None:
+    path, _ = built
+    log = newest_log(path)
+    buf = bytearray(log.read_bytes())
+    buf[r.HEADER_SIZE + 10] ^= 0x01  # inside the first record; a valid one follows
+    log.write_bytes(bytes(buf))
+    res = run("check", path)
+    assert res.returncode == 1
+    assert f"corrupt: {log} at offset {r.HEADER_SIZE}" in res.stdout
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_repair_copies_aside_cuts_and_reports(
+    built: tuple[str, dict[str, dict[str, object]]],
+) -> None:
+    path, data = built
+    log = newest_log(path)
+    original = log.read_bytes()
+    buf = bytearray(original)
+    buf[r.HEADER_SIZE + 10] ^= 0x01
+    log.write_bytes(bytes(buf))
+    refused = run("repair", path, stdin="")  # not a terminal and no --yes
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert log.read_bytes() == bytes(buf)
+    res = run("repair", path, "--yes")
+    assert res.returncode == 0, res.stderr
+    dropped = len(original) - r.HEADER_SIZE
+    assert f"cut {log.name} at offset {r.HEADER_SIZE}: {dropped:,} bytes dropped" in res.stdout
+    aside = [p for p in os.listdir(path) if p.startswith(log.name + ".broken-")]
+    assert len(aside) == 1 and (Path(path) / aside[0]).read_bytes() == bytes(buf)
+    assert run("check", path).returncode == 0
+    with walsess.open(path, cleanup_interval=None) as store:
+        # the snapshot's state survives; the log's two changes were cut
+        assert store.recovery.clean and len(store) == 6
+
+
+def test_repair_salvages_a_damaged_snapshot(tmp_path: Path, clock: FakeClock) -> None:
+    path = str(tmp_path / "s")
+    with walsess.open(path, clock=clock, cleanup_interval=None) as store:
+        tokens = [store.create({"i": i}).id for i in range(10)]
+        store.compact()
+    snap = next(Path(path).glob("*.snap"))
+    buf = bytearray(snap.read_bytes())
+    buf[-40] ^= 0xFF  # inside the last CREATE record
+    snap.write_bytes(bytes(buf))
+    assert run("check", path).returncode == 1
+    with pytest.raises(walsess.CorruptionError):
+        walsess.open(path, clock=clock)
+    res = run("repair", path, "--yes")
+    assert res.returncode == 0, res.stderr
+    with walsess.open(path, clock=clock, cleanup_interval=None) as store:
+        alive = [t for t in tokens if store.exists(t)]
+        assert alive == tokens[:9]  # all but the damaged last session
+
+
+def test_dump_json_and_session_filter(built: tuple[str, dict[str, dict[str, object]]]) -> None:
+    path, data = built
+    res = run("dump", path, "--json")
+    assert res.returncode == 0
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert {row["op"] for row in rows} >= {"CREATE", "END", "MODIFY", "DESTROY"}
+    assert all({"file", "offset", "op", "sid"} <= row.keys() for row in rows)
+    token = next(t for t, d in data.items() if "late" in d)
+    mine = [
+        json.loads(line)
+        for line in run("dump", path, "--json", "--session", token).stdout.splitlines()
+    ]
+    assert [row["op"] for row in mine] == ["CREATE", "MODIFY"]
+    assert mine[1]["set"] == {"late": "yes"}
+    assert token not in res.stdout  # tokens never appear
+
+
+def test_stats_while_the_store_is_open(built: tuple[str, dict[str, dict[str, object]]]) -> None:
+    path, data = built
+    with walsess.open(path, cleanup_interval=None) as store:
+        store.create({"more": 1})
+        res = run("stats", path, "--json")
+        assert res.returncode == 0, res.stderr
+        info = json.loads(res.stdout)
+        assert info["sessions"] == len(data) + 1 and info["users"] == 2
+        assert run("check", path).returncode == 0
+        locked = run("compact", path)
+        assert locked.returncode == 1 and "open in another process" in locked.stderr
+        locked = run("repair", path, "--yes")
+        assert locked.returncode == 1 and "open in another process" in locked.stderr
+
+
+def test_compact_command(built: tuple[str, dict[str, dict[str, object]]]) -> None:
+    path, data = built
+    res = run("compact", path)
+    assert res.returncode == 0, res.stderr
+    assert f"{len(data)} sessions" in res.stdout
+    assert len(list(Path(path).glob("*.log"))) == 1
+    with walsess.open(path, cleanup_interval=None) as store:
+        for token, d in data.items():
+            got = store.get(token)
+            assert got is not None and dict(got) == d
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert run().returncode == 2
+    assert run("check").returncode == 2
+    res = run("check", str(tmp_path / "missing"))
+    assert res.returncode == 2 and "not a store directory" in res.stderr
+
+
+def test_errors_are_one_line_unless_debug(tmp_path: Path) -> None:
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / f"{1:016x}.log").write_bytes(b"not a log at all, just text....." * 2)
+    res = run("stats", str(d))
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "not a walsess log" in res.stderr
+    debug = run("--debug", "stats", str(d))
+    assert "Traceback" in debug.stderr

@@ -1,0 +1,441 @@
+"""The ``walsess`` command: check, dump, repair, stats and compact a store directory.
+
+check, dump and stats only read, take no lock and work while another
+process has the store open. repair and compact take the store's lock and
+say so when someone else holds it.
+
+Exit status: 0 success (for check: clean, or only a torn tail that the next
+open cuts), 1 corruption or a failed operation, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from . import record as rec
+from . import tokens
+from .codec import JSON
+from .errors import LockedError, WalsessError
+from .fileio import OS
+from .lockfile import DirectoryLock
+from .storedir import StoreDirectory
+from .verify import iter_records, verify_directory, verify_file
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """Bad arguments: exit status 2."""
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent when stderr is not one."""
+
+    def __init__(self, total: int, label: str, stream: TextIO = sys.stderr) -> None:
+        self.total = max(total, 1)
+        self.label = label
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.done = 0
+
+    def step(self, what: str = "") -> None:
+        self.done += 1
+        if self.enabled:
+            width = 30
+            filled = width * self.done // self.total
+            self.stream.write(
+                f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}]"
+                f" {self.done}/{self.total} {what[-40:]:<40}"
+            )
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.flush()
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _sessions(directory: str) -> int | None:
+    try:
+        return len(StoreDirectory(directory, OS).load(rec.MAX_PAYLOAD_BYTES).table)
+    except WalsessError:
+        return None
+
+
+# -- check -------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    directory = args.dir
+    d = StoreDirectory(directory, OS)
+    files = [("snapshot", d.snapshot_path(g), g) for g in d.snapshots()]
+    files += [("log", d.log_path(g), g) for g in d.logs()]
+    newest = max((g for kind, _, g in files if kind == "log"), default=None)
+    progress = Progress(len(files), "checking")
+    reports = []
+    for kind, path, g in files:
+        reports.append(verify_file(path, kind, g, kind == "log" and g == newest))
+        progress.step(os.path.basename(path))
+    progress.finish()
+    records = sum(r.records for r in reports)
+    size = sum(r.size for r in reports)
+    sessions = _sessions(directory)
+    shown = "?" if sessions is None else f"{sessions:,}"
+    out.write(
+        f"{directory}: {len(reports)} files, {records:,} records, {shown} sessions, {_size(size)}\n"
+    )
+    for r in reports:
+        what = "sessions" if r.kind == "snapshot" else "records"
+        status = "ok"
+        if r.torn_tail:
+            status = (
+                f"torn tail: {r.size - (r.problem_offset or 0):,} bytes at offset"
+                f" {r.problem_offset} would be cut on open ({r.problem})"
+            )
+        elif r.problem is not None:
+            status = f"CORRUPT at offset {r.problem_offset}: {r.problem}"
+        out.write(
+            f"  {os.path.basename(r.path)}  {r.kind:<8} {r.records:>10,} {what:<8}"
+            f" {_size(r.size):>10}  {status}\n"
+        )
+    bad = [r for r in reports if r.corrupt]
+    if bad:
+        first = bad[0]
+        out.write(f"corrupt: {first.path} at offset {first.problem_offset}: {first.problem}\n")
+        out.write("run 'walsess repair' to cut it (the damaged files are copied aside first)\n")
+        return 1
+    if sessions is None:
+        out.write("corrupt: the files do not form a complete state (see 'walsess stats')\n")
+        return 1
+    if any(r.torn_tail for r in reports):
+        out.write("clean, except a torn tail that the next open cuts (a crash artifact)\n")
+    else:
+        out.write("clean\n")
+    return 0
+
+
+# -- dump --------------------------------------------------------------------------------
+
+
+def _value(raw: bytes) -> Any:
+    try:
+        return JSON.decode(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {"hex": raw.hex()}
+
+
+def _describe(file: str, offset: int, r: rec.Record) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "file": os.path.basename(file),
+        "offset": offset,
+        "op": rec.Op(_OPS[type(r)]).name,
+        "sid": r.sid,
+    }
+    if isinstance(r, rec.Create):
+        out.update(
+            ref=tokens.ref_of(r.digest),
+            created_at=r.created_at,
+            ttl=r.ttl,
+            idle_deadline=r.idle_deadline,
+            hard_deadline=None if r.hard_deadline == float("inf") else r.hard_deadline,
+            user=r.user,
+            meta=None if r.meta is None else _value(r.meta),
+            data={k: _value(v) for k, v in r.items},
+        )
+    elif isinstance(r, rec.Modify):
+        out.update(
+            clear=r.clear,
+            set={k: _value(v) for k, v in r.changes if v is not None},
+            delete=[k for k, v in r.changes if v is None],
+        )
+    elif isinstance(r, rec.Touch):
+        out.update(idle_deadline=r.idle_deadline, ttl=r.ttl)
+    elif isinstance(r, rec.Destroy):
+        out.update(reason=rec.DestroyReason(r.reason).name.lower())
+    elif isinstance(r, rec.ChangeId):
+        out.update(ref=tokens.ref_of(r.digest))
+    elif isinstance(r, rec.End):
+        out.update(sessions=r.sessions)
+    return out
+
+
+_OPS = {
+    rec.Create: rec.Op.CREATE,
+    rec.Destroy: rec.Op.DESTROY,
+    rec.ChangeId: rec.Op.CHANGE_ID,
+    rec.Modify: rec.Op.MODIFY,
+    rec.Touch: rec.Op.TOUCH,
+    rec.End: rec.Op.END,
+}
+
+
+def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
+    want = None if args.session is None else tokens.digest(args.session)
+    sids: set[int] = set()  # SIDs that belong to the wanted session right now
+    for file, offset, r in iter_records(args.dir):
+        if want is not None:
+            digest = getattr(r, "digest", None)
+            if digest is not None:
+                if digest == want:
+                    sids.add(r.sid)
+                elif isinstance(r, rec.Create):
+                    sids.discard(r.sid)  # the SID now names another session
+            if r.sid not in sids:
+                continue
+            if isinstance(r, rec.Destroy):
+                sids.discard(r.sid)
+        item = _describe(file, offset, r)
+        if args.json:
+            out.write(json.dumps(item, sort_keys=False) + "\n")
+        else:
+            head = f"{item.pop('file')}:{item.pop('offset')} {item.pop('op')} sid={item.pop('sid')}"
+            rest = " ".join(f"{k}={json.dumps(v)}" for k, v in item.items())
+            out.write(f"{head} {rest}\n")
+    return 0
+
+
+# -- stats -------------------------------------------------------------------------------
+
+
+def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
+    d = StoreDirectory(args.dir, OS)
+    loaded = d.load(rec.MAX_PAYLOAD_BYTES)
+    snap_bytes, log_bytes = d.sizes()
+    table = loaded.table
+    now = time.time()
+    live = sum(1 for st in table.by_sid.values() if st.live_at(now))
+    users = len(table.by_user)
+    info = {
+        "directory": args.dir,
+        "sessions": live,
+        "expired_pending_gc": len(table) - live,
+        "users": users,
+        "snapshot": loaded.snapshot or None,
+        "snapshot_sessions": loaded.snapshot_sessions,
+        "log_records": loaded.records,
+        "log_files": len(loaded.logs),
+        "snapshot_bytes": snap_bytes,
+        "log_bytes": log_bytes,
+        "torn_tail_bytes": sum(r.cut.dropped for r in loaded.logs if r.cut is not None),
+    }
+    if args.json:
+        out.write(json.dumps(info) + "\n")
+    else:
+        for k, v in info.items():
+            out.write(f"{k:<20} {v:,}\n" if isinstance(v, int) else f"{k:<20} {v}\n")
+    return 0
+
+
+# -- repair ------------------------------------------------------------------------------
+
+
+def _confirm(question: str, assume_yes: bool) -> bool:
+    if assume_yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UsageError("repair changes files: pass --yes when not on a terminal")
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def cmd_repair(args: argparse.Namespace, out: TextIO) -> int:
+    directory = args.dir
+    try:
+        lock = DirectoryLock(directory, OS)
+    except LockedError:
+        raise LockedError(
+            f"{directory} is open in another process: close it before repairing"
+        ) from None
+    try:
+        reports = verify_directory(directory)
+        damaged = [r for r in reports if r.problem is not None]
+        if not damaged:
+            out.write(f"{directory}: nothing to repair\n")
+            return 0
+        first = damaged[0]
+        # Everything after the first damage depends on what was lost with it:
+        # later logs are moved aside too, as redis-check-aof truncates the AOF.
+        later = [r for r in reports if r.kind == "log" and r.path > first.path]
+        if first.kind == "snapshot":
+            later = [r for r in reports if r.kind == "snapshot" and r.path > first.path]
+        out.write(f"damage: {first.path} at offset {first.problem_offset}: {first.problem}\n")
+        dropped = first.size - first.good_end
+        plan = [
+            f"cut {os.path.basename(first.path)} at offset {first.good_end}:"
+            f" {dropped:,} bytes dropped, {first.records:,} records kept"
+        ]
+        if first.kind == "snapshot":
+            plan[0] += ", and close it with a new END record (salvaging the sessions before it)"
+        plan += [
+            f"move aside {os.path.basename(r.path)} ({r.records:,} records, {_size(r.size)}),"
+            " which follows the damage"
+            for r in later
+        ]
+        for line in plan:
+            out.write(f"  will {line}\n")
+        if not _confirm("Proceed?", args.yes):
+            out.write("nothing changed\n")
+            return 1
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for r in [first, *later]:
+            aside = f"{r.path}.broken-{stamp}"
+            shutil.copy2(r.path, aside)
+            out.write(f"copied {os.path.basename(r.path)} to {os.path.basename(aside)}\n")
+        for r in later:
+            os.unlink(r.path)
+        if first.good_end < rec.HEADER_SIZE:
+            os.unlink(first.path)  # its header is damaged: nothing in it can be trusted
+        else:
+            _cut(first.path, first.kind, first.good_end)
+        OS.fsync_dir(directory)
+        out.write("repaired: " + "; ".join(plan) + "\n")
+        return 0
+    finally:
+        lock.release()
+
+
+def _cut(path: str, kind: str, good_end: int) -> None:
+    """Truncate *path* at *good_end*; a snapshot gets an END for the sessions kept."""
+    with open(path, "r+b") as f:
+        head = f.read(good_end)
+        f.truncate(good_end)
+        if kind == "snapshot":
+            kept: list[rec.Record] = []
+            rec.RecordReader(head).replay(lambda _pos, r: kept.append(r))
+            if not kept or type(kept[-1]) is not rec.End:
+                f.seek(0, os.SEEK_END)
+                f.write(rec.encode_end(sum(1 for r in kept if type(r) is rec.Create)))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# -- compact -----------------------------------------------------------------------------
+
+
+def cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
+    from .store import Store
+
+    try:
+        store = Store(
+            args.dir,
+            durability="always",
+            fsync_interval=1.0,
+            default_ttl=1800.0,
+            max_lifetime=None,
+            touch_granularity=60.0,
+            codec=_PassThrough(),
+            max_value_bytes=rec.MAX_PAYLOAD_BYTES // 2,
+            compact_ratio=None,
+            compact_min_bytes=0,
+            cleanup_interval=None,
+            max_sessions=None,
+            clock=time.time,
+            fs=OS,
+        )
+    except LockedError:
+        raise LockedError(
+            f"{args.dir} is open in another process: compact it from there (store.compact())"
+        ) from None
+    with store:
+        before = sum(StoreDirectory(args.dir, OS).sizes())
+        result = store.compact()
+        after = sum(StoreDirectory(args.dir, OS).sizes())
+    out.write(
+        f"compacted {args.dir}: {result.sessions:,} sessions, {_size(before)} -> {_size(after)}"
+        f" in {result.seconds:.2f} s\n"
+    )
+    return 0
+
+
+class _PassThrough:
+    """Compaction copies values as bytes; it never needs to decode them."""
+
+    name = "bytes"
+
+    def encode(self, value: Any) -> bytes:
+        raise TypeError("walsess compact does not encode values")
+
+    def decode(self, data: bytes) -> Any:
+        return data
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="walsess", description="Inspect, verify and repair walsess stores."
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="verify every checksum and the structure")
+    c.add_argument("dir")
+    c = sub.add_parser("dump", help="list the records")
+    c.add_argument("dir")
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
+    c.add_argument("--session", metavar="TOKEN", help="only the records of this session")
+    c = sub.add_parser("repair", help="cut a damaged store back to its last good record")
+    c.add_argument("dir")
+    c.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    c = sub.add_parser("stats", help="sessions, records and bytes")
+    c.add_argument("dir")
+    c.add_argument("--json", action="store_true")
+    c = sub.add_parser("compact", help="write a snapshot and drop old log files")
+    c.add_argument("dir")
+    return p
+
+
+_COMMANDS = {
+    "check": cmd_check,
+    "dump": cmd_dump,
+    "repair": cmd_repair,
+    "stats": cmd_stats,
+    "compact": cmd_compact,
+}
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command; returns the exit status."""
+    out = out or sys.stdout
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed the usage
+        return 2 if exc.code else 0
+    if args.command != "compact" and not os.path.isdir(args.dir):
+        sys.stderr.write(f"walsess: error: {args.dir} is not a store directory\n")
+        return 2
+    try:
+        return _COMMANDS[args.command](args, out)
+    except BrokenPipeError:  # piped into head: stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except UsageError as exc:
+        sys.stderr.write(f"walsess: error: {exc}\n")
+        return 2
+    except (WalsessError, OSError) as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"walsess: error: {exc}\n")
+        return 1
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

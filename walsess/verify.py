@@ -1,0 +1,146 @@
+"""Read-only inspection of a store directory: what each file holds and where it is damaged.
+
+Nothing here writes, truncates or locks, so it can look at a store another
+process has open. The ``walsess`` command's check, dump and repair are built
+on it.
+
+Example::
+
+    for report in verify_directory("var/sessions"):
+        print(report.path, report.records, report.problem)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .errors import FileError
+from .fileio import OS, FileSystem
+from .record import (
+    HEADER_SIZE,
+    LOG_MAGIC,
+    MAX_PAYLOAD_BYTES,
+    SNAPSHOT_MAGIC,
+    Create,
+    End,
+    Record,
+    RecordReader,
+    decode_header,
+    next_valid_record,
+)
+from .storedir import StoreDirectory
+
+__all__ = ["FileReport", "iter_records", "verify_directory"]
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """One file's verdict. ``problem`` is None for a clean file."""
+
+    path: str
+    kind: str  # "log" or "snapshot"
+    generation: int
+    size: int
+    records: int
+    #: Offset just past the last good record (where a repair would cut).
+    good_end: int
+    problem: str | None = None
+    problem_offset: int | None = None
+    #: True if the problem is a torn tail that opening the store cuts by itself.
+    torn_tail: bool = False
+
+    @property
+    def corrupt(self) -> bool:
+        return self.problem is not None and not self.torn_tail
+
+
+def _files(path: str) -> list[tuple[str, str, int]]:
+    d = StoreDirectory(path, OS)
+    out = [("snapshot", d.snapshot_path(g), g) for g in d.snapshots()]
+    out += [("log", d.log_path(g), g) for g in d.logs()]
+    return out
+
+
+def verify_file(
+    path: str, kind: str, generation: int, newest_log: bool, fs: FileSystem = OS
+) -> FileReport:
+    """Check every header field, checksum and structure of one file."""
+    buf = fs.read(path)
+    size = len(buf)
+    magic = LOG_MAGIC if kind == "log" else SNAPSHOT_MAGIC
+
+    def report(records: int, good_end: int, problem: str | None = None, at: int | None = None,
+               torn: bool = False) -> FileReport:  # fmt: skip
+        return FileReport(path, kind, generation, size, records, good_end, problem, at, torn)
+
+    try:
+        header = decode_header(buf, magic)
+    except FileError as exc:
+        return report(0, 0, exc.reason, exc.offset)
+    if header.generation != generation:
+        return report(0, 0, f"header says generation {header.generation}", 12)
+    ends: list[int] = []
+    others: list[tuple[int, str]] = []
+
+    def look(pos: int, rec: Record) -> None:
+        if type(rec) is End:
+            ends.append(pos)
+        elif kind == "snapshot" and (type(rec) is not Create or ends):
+            others.append((pos, type(rec).__name__))
+        elif kind == "log" and type(rec) is End:
+            others.append((pos, "End"))
+
+    reader = RecordReader(buf, HEADER_SIZE, MAX_PAYLOAD_BYTES)
+    try:
+        records = reader.replay(look)
+    except FileError as exc:
+        return report(0, reader.end, exc.reason, exc.offset)
+    records -= len(ends)  # for a snapshot: sessions; the END record is not one
+    if kind == "log" and ends:
+        return report(records, ends[0], "an END record in a log", ends[0])
+    if others:
+        pos, name = others[0]
+        return report(records, pos, f"a {name} record in a snapshot", pos)
+    stop = reader.stop
+    if stop is not None:
+        following = next_valid_record(buf, stop.offset)
+        torn = kind == "log" and newest_log and following is None
+        reason = stop.reason
+        if following is not None:
+            reason += f"; a valid record follows at offset {following}"
+        return report(records, reader.end, reason, stop.offset, torn)
+    if kind == "snapshot" and not ends:
+        return report(records, reader.end, "no END record: incomplete snapshot", reader.end)
+    return report(records, reader.end)
+
+
+def verify_directory(path: str, fs: FileSystem = OS) -> list[FileReport]:
+    """A report for every snapshot and log file of the store at *path*, in order."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path} is not a directory")
+    files = _files(path)
+    newest = max((g for kind, _, g in files if kind == "log"), default=None)
+    return [verify_file(p, kind, g, kind == "log" and g == newest, fs) for kind, p, g in files]
+
+
+def iter_records(path: str, fs: FileSystem = OS) -> Iterator[tuple[str, int, Record]]:
+    """Every decodable record of every file, as (file, offset, record), in replay order.
+
+    Stops quietly at the first damaged record of a file (check reports it).
+    """
+    for kind, file, _g in _files(path):
+        buf = fs.read(file)
+        try:
+            decode_header(buf, LOG_MAGIC if kind == "log" else SNAPSHOT_MAGIC)
+        except FileError:
+            continue
+        found: list[tuple[int, Record]] = []
+        with contextlib.suppress(FileError):
+            RecordReader(buf, HEADER_SIZE, MAX_PAYLOAD_BYTES).replay(
+                lambda pos, rec, found=found: found.append((pos, rec))  # type: ignore[misc]
+            )
+        for pos, rec in found:
+            yield file, pos, rec
