@@ -90,7 +90,7 @@ def test_check_corrupt_names_file_and_offset(
 def test_repair_copies_aside_cuts_and_reports(
     built: tuple[str, dict[str, dict[str, object]]],
 ) -> None:
-    path, data = built
+    path, _data = built
     log = newest_log(path)
     original = log.read_bytes()
     buf = bytearray(original)
