@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import CorruptionError, FileError, StorageError, StorePoisoned
-from .fileio import FileSystem
+from .fileio import FileSystem, must_fsync, must_fsync_dir
 from .record import (
     HEADER_SIZE,
     LOG_MAGIC,
@@ -172,13 +172,13 @@ class ChangeLog:
         directory = os.path.dirname(replay.path)
         if replay.header is None:  # an unwritten header: start the file again
             fs.unlink(replay.path)
-            fs.fsync_dir(directory)
+            must_fsync_dir(fs, directory)
             return cls.create(directory, fs, generation, follows=0)
         fd = fs.open(replay.path, os.O_WRONLY | os.O_APPEND)
         try:
             if replay.cut is not None:
                 fs.truncate(fd, replay.end)
-                fs.fsync(fd)  # the cut must be durable before new records follow it
+                must_fsync(fs, fd, replay.path)  # the cut is durable before records follow
         except BaseException:
             fs.close(fd)
             raise
@@ -194,11 +194,11 @@ class ChangeLog:
         fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             fs.write_all(fd, encode_header(generation, follows))
-            fs.fsync(fd)
+            must_fsync(fs, fd, tmp)
         finally:
             fs.close(fd)
         fs.rename(tmp, path)
-        fs.fsync_dir(directory)
+        must_fsync_dir(fs, directory)
         fd = fs.open(path, os.O_WRONLY | os.O_APPEND)
         return cls(directory, fs, generation, follows, fd, HEADER_SIZE, written)
 
@@ -253,12 +253,7 @@ class ChangeLog:
         with self._fd_lock:
             if self._fd is None:
                 raise StorageError(f"{self.path} is closed")
-            try:
-                self._fs.fsync(self._fd)
-            except OSError as exc:
-                raise StorePoisoned(
-                    f"fsync of {self.path} failed ({exc.strerror or exc}) while rotating the log"
-                ) from exc
+            must_fsync(self._fs, self._fd, self.path)
         new = ChangeLog.create(self.directory, self._fs, self.generation + 1, follows)
         with self._fd_lock:
             old_fd, self._fd, new._fd = self._fd, new._fd, None

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["OS", "FileSystem"]
+from .errors import StorePoisoned
+
+__all__ = ["OS", "FileSystem", "must_fsync", "must_fsync_dir"]
 
 
 class FileSystem:
@@ -67,3 +69,20 @@ class FileSystem:
 
 
 OS = FileSystem()
+
+
+def must_fsync(fs: FileSystem, fd: int, path: str) -> None:
+    """fsync, turning a failure into :class:`StorePoisoned`: after a failed fsync
+    nothing about the disk can be trusted, and retrying can report a false success."""
+    try:
+        fs.fsync(fd)
+    except OSError as exc:
+        raise StorePoisoned(f"fsync of {path} failed ({exc.strerror or exc})") from exc
+
+
+def must_fsync_dir(fs: FileSystem, path: str) -> None:
+    """:func:`must_fsync` for a directory's entries."""
+    try:
+        fs.fsync_dir(path)
+    except OSError as exc:
+        raise StorePoisoned(f"fsync of directory {path} failed ({exc.strerror or exc})") from exc

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 
 from .errors import CorruptionError, FileError
-from .fileio import FileSystem
+from .fileio import FileSystem, must_fsync, must_fsync_dir
 from .record import (
     HEADER_SIZE,
     SNAPSHOT_MAGIC,
@@ -83,11 +83,11 @@ class SnapshotWriter:
         fd, self._fd = self._fd, None
         assert fd is not None
         try:
-            self._fs.fsync(fd)
+            must_fsync(self._fs, fd, self.tmp)
         finally:
             self._fs.close(fd)
         self._fs.rename(self.tmp, self.path)
-        self._fs.fsync_dir(self.directory)
+        must_fsync_dir(self._fs, self.directory)
 
     def abort(self) -> None:
         """Close and remove the temporary file; never raises."""

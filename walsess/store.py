@@ -37,7 +37,7 @@ from .errors import (
     ValidationError,
     ValueTooLarge,
 )
-from .fileio import OS, FileSystem
+from .fileio import OS, FileSystem, must_fsync_dir
 from .lockfile import DirectoryLock
 from .session import _MISSING, Session, SessionInfo
 from .snapshot import SnapshotWriter
@@ -227,17 +227,23 @@ class Store:
         self._stop_cleanup = threading.Event()
         self._cleaner: threading.Thread | None = None
 
-        created = _make_dir(path, fs)
-        self._dirlock = DirectoryLock(path, fs)
+        try:
+            created = _make_dir(path, fs)
+            self._dirlock = DirectoryLock(path, fs)
+        except OSError as exc:
+            raise StorageError(f"cannot open store {path}: {exc}") from exc
         self._files = StoreDirectory(path, fs)
         try:
             self._table, self._log, self._recovery = self._files.recover(max_value_bytes)
+        except OSError as exc:
+            self._dirlock.release()
+            raise StorageError(f"cannot open store {path}: {exc}") from exc
         except BaseException:
             self._dirlock.release()
             raise
         try:
             if created:
-                fs.fsync_dir(os.path.dirname(os.path.abspath(path)))
+                must_fsync_dir(fs, os.path.dirname(os.path.abspath(path)))
             self._sync = make_policy(durability, self._fsync, self._position, fsync_interval)
             self._always = self._sync.waits
             self._closed = False
@@ -247,12 +253,14 @@ class Store:
             if self._table.by_sid and max(self._table.by_sid) > _RENUMBER_ABOVE:
                 self._renumber()
             self._set_compact_threshold()
-        except BaseException:
+        except BaseException as exc:
             self._closed = True
             if hasattr(self, "_sync"):
                 self._sync.close()
             self._log.close()
             self._dirlock.release()
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot open store {path}: {exc}") from exc
             raise
         if self.cleanup_interval:
             self._cleaner = threading.Thread(
@@ -838,7 +846,11 @@ class Store:
         after that. Costs O(n) time and one pass of writes.
         """
         with self._compact_lock:
-            return self._compact()
+            try:
+                return self._compact()
+            except StorePoisoned as exc:
+                self._poison = self._poison or exc
+                raise
 
     def _compact(self) -> Compaction:
         started = time.monotonic()
@@ -848,9 +860,6 @@ class Store:
             generation = self._log.generation + 1
             try:
                 self._log.rotate(follows=generation)
-            except StorePoisoned as exc:
-                self._poison = exc
-                raise
             except OSError as exc:
                 raise StorageError(f"compaction could not start a new log: {exc}") from exc
             sids = list(self._table.by_sid)
@@ -872,7 +881,10 @@ class Store:
         except BaseException:
             writer.abort()
             raise
-        removed = self._files.remove_before(generation)
+        try:
+            removed = self._files.remove_before(generation)
+        except OSError as exc:
+            raise StorageError(f"compaction could not remove old files: {exc}") from exc
         result = Compaction(
             generation=generation,
             sessions=writer.count,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .changelog import LOG_FILE, ChangeLog, Cut, LogReplay, log_name, replay_log
 from .errors import CorruptionError, FileError
-from .fileio import FileSystem
+from .fileio import FileSystem, must_fsync_dir
 from .snapshot import SNAPSHOT_FILE, load_snapshot, snapshot_name
 from .table import SessionTable
 
@@ -97,7 +97,7 @@ class StoreDirectory:
         for path in doomed:
             self._fs.unlink(path)
         if doomed:
-            self._fs.fsync_dir(self.path)
+            must_fsync_dir(self._fs, self.path)
         return doomed
 
     # -- recovery ------------------------------------------------------------------
