@@ -45,7 +45,7 @@ class FormatError(FileError):
     """A file that is not a walsess file, or is from an unsupported format version."""
 
 
-class LimitError(FileError):
+class LimitError(FormatError):
     """A record that is valid but larger than this store is configured to accept."""
 
 
