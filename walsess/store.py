@@ -451,7 +451,7 @@ class Store:
             sid = table.allocate_sid()
             now = self._clock()
             hard = _INF if lifetime is None else now + float(lifetime)
-            record = rec.encode_create(
+            create = rec.Create(
                 sid,
                 digest,
                 now,
@@ -460,24 +460,13 @@ class Store:
                 hard,
                 user,
                 meta_b,
-                [(kb, vb) for _, kb, vb in items],
+                tuple((k, vb) for k, _, vb in items),
             )
+            record = rec.encode_record(create)
             if len(record) > rec.MAX_PAYLOAD_BYTES:
                 raise ValueTooLarge("session data is larger than one record may be (1 GiB)")
             pos = self._commit(record)
-            state = table.apply_create(
-                rec.Create(
-                    sid,
-                    digest,
-                    now,
-                    float(ttl),
-                    now + float(ttl),
-                    hard,
-                    user,
-                    meta_b,
-                    tuple((k, vb) for k, _, vb in items),
-                )
-            )
+            state = table.apply_create(create)
         if self._always:
             self._sync.wait(pos)
         return Session(self, state, token)
