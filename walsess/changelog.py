@@ -167,13 +167,18 @@ class ChangeLog:
         self.appends = 0
 
     @classmethod
-    def open_newest(cls, replay: LogReplay, fs: FileSystem, generation: int) -> ChangeLog:
-        """Open the newest log for append after replaying it, cutting its torn tail."""
+    def open_newest(
+        cls, replay: LogReplay, fs: FileSystem, generation: int, follows: int
+    ) -> ChangeLog:
+        """Open the newest log for append after replaying it, cutting its torn tail.
+
+        *follows* is the snapshot the store loaded, for a log that is started again.
+        """
         directory = os.path.dirname(replay.path)
         if replay.header is None:  # an unwritten header: start the file again
             fs.unlink(replay.path)
             must_fsync_dir(fs, directory)
-            return cls.create(directory, fs, generation, follows=0)
+            return cls.create(directory, fs, generation, follows=follows)
         fd = fs.open(replay.path, os.O_WRONLY | os.O_APPEND)
         try:
             if replay.cut is not None:

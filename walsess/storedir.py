@@ -123,6 +123,12 @@ class StoreDirectory:
                 continue
             if s == 0 and snaps and not chain:
                 continue  # every snapshot failed and there is no log chain to fall back on
+            if s and not chain:
+                # A compaction starts log s before it writes snapshot s, so the log
+                # exists unless something removed it, and with it what came after.
+                if first_error is None:
+                    first_error = CorruptionError(f"log generation {s} is missing", self.path)
+                continue
             table = SessionTable()
             table.begin_bulk()
             loaded = 0
@@ -134,8 +140,8 @@ class StoreDirectory:
                         first_error = exc
                     skipped.append(f"{self.snapshot_path(s)}: {exc.reason}")
                     continue
-            if first_error is not None and not isinstance(first_error, CorruptionError):
-                raise first_error
+            # Falling back past a damaged newer snapshot is safe only because this
+            # older one comes with a complete chain of logs: the full state.
             return self._replay(table, s, loaded, chain, skipped, max_value)
         assert first_error is not None
         raise first_error
@@ -181,7 +187,7 @@ class StoreDirectory:
             log = ChangeLog.create(self.path, fs, s or 1, follows=s)
         else:
             last = loaded.logs[-1]
-            log = ChangeLog.open_newest(last, fs, self.logs()[-1])
+            log = ChangeLog.open_newest(last, fs, self.logs()[-1], follows=s)
         try:
             # Damaged newer snapshots that were passed over stay for inspection
             # until a later compaction supersedes them.
