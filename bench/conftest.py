@@ -1,4 +1,5 @@
-"""Fixtures of the benchmark suite: the scale and one shared :class:`Workbench`.
+"""Fixtures of the benchmark suite: the scale, one shared :class:`Workbench` and
+one shared :class:`MaintenanceBench`.
 
 The scale is ``--walsess-scale N`` or ``WALSESS_BENCH_SCALE=N`` (records in
 the replay log; stores hold N // 5 sessions), default 1,000,000. CI runs a
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.maintenance import MaintenanceBench
 from bench.workloads import SCALE_ENV, Scale, Workbench, parse_scale
 
 
@@ -36,3 +38,11 @@ def scale(request: pytest.FixtureRequest) -> Scale:
 def workbench(scale: Scale, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workbench]:
     with Workbench(str(tmp_path_factory.mktemp("walsess-bench")), scale) as wb:
         yield wb
+
+
+@pytest.fixture(scope="session")
+def maintenance(
+    scale: Scale, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MaintenanceBench]:
+    with MaintenanceBench(str(tmp_path_factory.mktemp("walsess-maintenance")), scale) as mb:
+        yield mb

@@ -109,7 +109,8 @@ class Scale:
 
     ``records`` is the size of the replay log; one in five of its records
     creates a session, so stores for the per-operation benchmarks hold
-    ``records // 5`` sessions too (200,000 at the default scale).
+    ``records // 5`` sessions too (200,000 at the default scale). The
+    maintenance benchmarks' stores hold ``records`` sessions (1,000,000).
     """
 
     records: int = DEFAULT_RECORDS
@@ -126,6 +127,12 @@ class Scale:
     @property
     def sets(self) -> int:
         return max(0, self.records - self.sessions)
+
+    @property
+    def maintenance_sessions(self) -> int:
+        """Sessions in the stores of the maintenance benchmarks (``bench/maintenance.py``:
+        compaction, gc, snapshot load): as many as records, 1,000,000 at full scale."""
+        return self.records
 
 
 # -- data -----------------------------------------------------------------------
