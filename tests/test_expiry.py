@@ -30,7 +30,7 @@ STATS_KEYS = {
     "snapshot_bytes",
     "log_bytes",
     "live_bytes_estimate",
-    "log_to_live_ratio",
+    "disk_to_live_ratio",
     "memory_bytes_estimate",
     "sessions",
     "last_compaction",
@@ -508,8 +508,10 @@ def test_stats(store_dir: str, clock: FakeClock) -> None:
 
     s = store.stats()
     assert s.keys() >= STATS_KEYS
-    assert s["sessions"] == 10 and s["snapshot_bytes"] == 0 and s["live_bytes_estimate"] == 0
-    assert s["log_bytes"] == log_size() and s["log_to_live_ratio"] == s["log_bytes"]
+    # before any snapshot, live bytes are estimated at 256 a session
+    assert s["sessions"] == 10 and s["snapshot_bytes"] == 0 and s["live_bytes_estimate"] == 2560
+    assert s["log_bytes"] == log_size()
+    assert s["disk_to_live_ratio"] == pytest.approx(s["log_bytes"] / 2560)
     assert s["memory_bytes_estimate"] > 10 * 50
     assert s["last_compaction"] is None and s["last_gc"] is None
     clock.advance(11)
@@ -525,11 +527,13 @@ def test_stats(store_dir: str, clock: FakeClock) -> None:
     assert s["snapshot_bytes"] == snap.stat().st_size == c.snapshot_bytes
     assert s["live_bytes_estimate"] == c.snapshot_bytes
     assert s["log_bytes"] == log_size()
-    assert s["log_to_live_ratio"] == pytest.approx(s["log_bytes"] / c.snapshot_bytes)
+    assert s["disk_to_live_ratio"] == pytest.approx(
+        (s["log_bytes"] + s["snapshot_bytes"]) / c.snapshot_bytes
+    )
     for x in sessions[3:]:
         x["v"] = "y" * 500
     s = store.stats()
-    assert s["log_bytes"] == log_size() and s["log_to_live_ratio"] > 1
+    assert s["log_bytes"] == log_size() and s["disk_to_live_ratio"] > 2
     store.close()
 
 

@@ -109,8 +109,8 @@ def open(  # the front door, like io.open and dbm.open
     :param codec: ``"json"`` (default), ``"pickle"`` (only if you trust every
         writer of the files), or any :class:`~walsess.codec.Codec`.
     :param max_value_bytes: the largest encoded value accepted (and replayed).
-    :param compact_ratio: compact in the background once the log since the last
-        snapshot is larger than this many times the live data and larger than
+    :param compact_ratio: compact in the background once snapshot plus log are
+        larger than this many times the live data and larger than
         *compact_min_bytes*; None disables automatic compaction.
     :param cleanup_interval: seconds between background :meth:`Store.gc` runs
         (real time); 0 or None disables the cleanup thread.
@@ -247,9 +247,11 @@ class Store:
             self._sync = make_policy(durability, self._fsync, self._position, fsync_interval)
             self._always = self._sync.waits
             self._closed = False
-            self._live_bytes = 0
+            self._snapshot_bytes = 0
+            self._snapshot_sessions = 0
             if self._recovery.snapshot is not None:
-                self._live_bytes = os.stat(self._recovery.snapshot).st_size
+                self._snapshot_bytes = os.stat(self._recovery.snapshot).st_size
+                self._snapshot_sessions = self._recovery.snapshot_sessions
             if self._table.by_sid and max(self._table.by_sid) > _RENUMBER_ABOVE:
                 self._renumber()
             self._set_compact_threshold()
@@ -750,6 +752,9 @@ class Store:
                     expired.append(st)
         count = self._destroy_many(expired, rec.DestroyReason.EXPIRED)
         self.last_gc = {"at": now, "seconds": time.monotonic() - started, "removed": count}
+        with self._lock:
+            if not self._compact_lock.locked():
+                self._set_compact_threshold()  # live data shrank (or grew): move the trigger
         return count
 
     def _cleanup_loop(self) -> None:
@@ -800,11 +805,23 @@ class Store:
 
     # -- compaction ----------------------------------------------------------------------
 
+    def _live_bytes(self) -> float:
+        """What a snapshot of the live table would take: the last snapshot's bytes per
+        session times the sessions now (256 bytes a session before any snapshot)."""
+        per_session = 256.0
+        if self._snapshot_sessions:
+            per_session = self._snapshot_bytes / self._snapshot_sessions
+        return per_session * len(self._table)
+
     def _set_compact_threshold(self) -> None:
+        """Compact once snapshot + log exceed compact_ratio x live and compact_min_bytes
+        (as Redis rewrites its AOF once it doubles), so disk stays within about
+        compact_ratio x live + compact_min_bytes."""
         if self.compact_ratio is None:
             self._compact_at = _INF
         else:
-            self._compact_at = max(self.compact_min_bytes, self.compact_ratio * self._live_bytes)
+            limit = max(self.compact_min_bytes, self.compact_ratio * self._live_bytes())
+            self._compact_at = limit - self._snapshot_bytes
 
     def _start_compaction(self) -> None:
         """Under the lock: start a background compaction unless one is running."""
@@ -884,7 +901,8 @@ class Store:
         )
         with self._lock:
             self.last_compaction = result
-            self._live_bytes = writer.size
+            self._snapshot_bytes = writer.size
+            self._snapshot_sessions = writer.count
             self._set_compact_threshold()
         return result
 
@@ -914,15 +932,15 @@ class Store:
             expired = self._expired_now(now)
             appended = self._log.appends
             sample = list(self._table.by_sid.values())[:256]
-        live = self._live_bytes or 1
+        live = self._live_bytes()
         return {
             "sessions": stored - expired,
             "stored_sessions": stored,
             "expired_pending_gc": expired,
             "snapshot_bytes": snapshot_bytes,
             "log_bytes": log_bytes,
-            "live_bytes_estimate": self._live_bytes,
-            "log_to_live_ratio": log_bytes / live,
+            "live_bytes_estimate": int(live),
+            "disk_to_live_ratio": (snapshot_bytes + log_bytes) / max(live, 1.0),
             "memory_bytes_estimate": int(_memory_per_session(sample) * stored),
             "records_replayed": self._recovery.records,
             "records_appended": appended,
