@@ -104,6 +104,13 @@ def replay_log(
             return LogReplay(
                 path, None, 0, 0, Cut(path, 0, len(buf), f"unwritten header ({exc.reason})")
             )
+        if buf[:HEADER_SIZE].count(0) == HEADER_SIZE:
+            # Our file (by its name) whose header was wiped while records follow:
+            # damage, not a foreign file.
+            following = next_valid_record(buf, -1)
+            raise CorruptionError(
+                f"the header is zeroed but a valid record follows at offset {following}", path, 0
+            ) from None
         raise exc.located(path) from None
 
     def checked(_pos: int, rec: Record) -> None:
