@@ -398,7 +398,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c = sub.add_parser("compact", help="write a snapshot and drop old log files")
     c.add_argument("dir")
+    from .benchmark.runner import add_arguments
+
+    add_arguments(sub.add_parser("bench", help="benchmark walsess against sqlite3, Redis, ..."))
     return p
+
+
+def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
+    from .benchmark.runner import run
+
+    return run(args, out)
 
 
 _COMMANDS = {
@@ -407,6 +416,7 @@ _COMMANDS = {
     "repair": cmd_repair,
     "stats": cmd_stats,
     "compact": cmd_compact,
+    "bench": cmd_bench,
 }
 
 
@@ -418,7 +428,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse printed the usage
         return 2 if exc.code else 0
-    if args.command != "compact" and not os.path.isdir(args.dir):
+    if args.command not in ("compact", "bench") and not os.path.isdir(args.dir):
         sys.stderr.write(f"walsess: error: {args.dir} is not a store directory\n")
         return 2
     try:
