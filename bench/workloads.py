@@ -2,8 +2,10 @@
 
 Everything a benchmark needs is built here, independent of any runner, so the
 pytest-benchmark suite (``bench/test_bench.py``), the median report
-(``bench/report.py``), the profiler (``bench/hotspots.py``) and a future
-``walsess bench`` command all time exactly the same code.
+(``bench/report.py``) and the profiler (``bench/hotspots.py``) all time
+exactly the same code. The data, the seeded access plans and the floors'
+stores come from :mod:`walsess.benchmark` (what ``walsess bench`` runs), so
+they are written once.
 
 The pieces:
 
@@ -38,8 +40,6 @@ import itertools
 import json
 import os
 import random
-import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -50,6 +50,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import walsess
+from walsess.benchmark.peers import TTL as PEER_TTL
+from walsess.benchmark.peers import FloorDict, FloorDictWrite, Peer, WalsessPeer, floor_set_line
+from walsess.benchmark.workloads import (
+    KEYS,
+    SEED,
+    access_plan,
+    create_plan,
+    new_value,
+    parse_scale,
+    session_data,
+)
 
 __all__ = [
     "CATALOG",
@@ -65,7 +76,9 @@ __all__ = [
     "Workbench",
     "access_plan",
     "build_log",
+    "create_plan",
     "measure_memory",
+    "new_value",
     "parse_scale",
     "replay_op",
     "session_data",
@@ -76,31 +89,11 @@ __all__ = [
 SCALE_ENV = "WALSESS_BENCH_SCALE"
 #: The replay log size the targets are stated for.
 DEFAULT_RECORDS = 1_000_000
-#: Every random choice derives from this seed.
-SEED = 20_240_601
-#: Length of a precomputed access plan (cycled); a power of two, large enough
-#: that the sessions it touches are spread over the table.
-PLAN_SIZE = 1 << 16
 #: Idle timeout of benchmark sessions: long enough that nothing expires mid-run.
-TTL = 7 * 86_400.0
-#: The five small keys every benchmark session holds.
-KEYS = ("user_id", "csrf", "cart", "theme", "visits")
+TTL = float(PEER_TTL)
 
 
 # -- scale ----------------------------------------------------------------------
-
-_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000}
-
-
-def parse_scale(text: str) -> int:
-    """A record count from ``"1000"``, ``"1_000_000"``, ``"1e6"``, ``"200k"`` or ``"1m"``."""
-    m = re.fullmatch(r"\s*([0-9][0-9_.e+]*)\s*([kKmM]?)\s*", text)
-    if m is None:
-        raise ValueError(f"not a record count: {text!r}")
-    n = int(float(m.group(1)) * _SUFFIX[m.group(2).lower()])
-    if n < 2:
-        raise ValueError(f"the scale must be at least 2 records, not {text!r}")
-    return n
 
 
 @dataclass(frozen=True)
@@ -133,50 +126,6 @@ class Scale:
         """Sessions in the stores of the maintenance benchmarks (``bench/maintenance.py``:
         compaction, gc, snapshot load): as many as records, 1,000,000 at full scale."""
         return self.records
-
-
-# -- data -----------------------------------------------------------------------
-
-
-def session_data(i: int) -> dict[str, Any]:
-    """The five small keys of session number *i* (about 80 bytes of JSON)."""
-    return {
-        "user_id": 100_000 + i,
-        "csrf": f"{(i * 2_654_435_761) & 0xFFFF_FFFF_FFFF_FFFF:016x}",
-        "cart": [i % 97, 2, 3],
-        "theme": "dark" if i & 1 else "light",
-        "visits": i % 10,
-    }
-
-
-def new_value(key: str, rng: random.Random) -> Any:
-    """A fresh value for *key*, of the same kind and size as :func:`session_data` puts there."""
-    if key == "user_id":
-        return 100_000 + rng.randrange(1_000_000)
-    if key == "csrf":
-        return f"{rng.getrandbits(64):016x}"
-    if key == "cart":
-        return [rng.randrange(97), rng.randrange(10), 3]
-    if key == "theme":
-        return rng.choice(("dark", "light"))
-    return rng.randrange(1000)
-
-
-def access_plan(
-    sessions: int, seed: int = SEED, size: int = PLAN_SIZE
-) -> list[tuple[int, str, Any]]:
-    """*size* random ``(session index, key, new value)`` choices among *sessions* sessions."""
-    rng = random.Random(seed)
-    plan = []
-    for _ in range(size):
-        key = rng.choice(KEYS)
-        plan.append((rng.randrange(sessions), key, new_value(key, rng)))
-    return plan
-
-
-def create_plan(size: int = 4096) -> list[dict[str, Any]]:
-    """Data for new sessions, cycled by the create operations."""
-    return [session_data(i) for i in range(size)]
 
 
 # -- operations -------------------------------------------------------------------
@@ -274,17 +223,21 @@ class WalsessTarget:
 class DictFloor:
     """The no-I/O floor: ``dict`` token -> ``dict`` key -> ``json.dumps(value)``.
 
-    A set is ``json.dumps`` plus two dict operations, a get two dict lookups
-    plus ``json.loads``: what any in-memory session store must at least do.
+    The store is ``walsess bench``'s floor-dict row
+    (:class:`walsess.benchmark.peers.FloorDict`); the operations here are its
+    set and get with every lookup hoisted out of the call. A set is
+    ``json.dumps`` plus two dict operations, a get two dict lookups plus
+    ``json.loads``: what any in-memory session store must at least do.
     """
 
     def __init__(self, sessions: int, seed: int = SEED) -> None:
         self.seed = seed
-        dumps = json.dumps
-        self.tokens = [secrets.token_urlsafe(32) for _ in range(sessions)]
-        self.table: dict[str, dict[str, str]] = {
-            t: {k: dumps(v) for k, v in session_data(i).items()} for i, t in enumerate(self.tokens)
-        }
+        self.peer = self._open()
+        self.tokens = list(self.peer.populate(session_data(i) for i in range(sessions)))
+        self.table = self.peer.table
+
+    def _open(self) -> FloorDict:
+        return FloorDict()
 
     def set_op(self) -> Callable[[], None]:
         table = self.table
@@ -311,76 +264,49 @@ class DictFloor:
         return op
 
     def create_op(self) -> Callable[[], object]:
-        table = self.table
-        dumps = json.dumps
-        new_token = secrets.token_urlsafe
+        create = self.peer.create
         it = itertools.cycle(create_plan())
-
-        def op() -> object:
-            t = new_token(32)
-            table[t] = {k: dumps(v) for k, v in next(it).items()}
-            return t
-
-        return op
+        return lambda: create(next(it))
 
     def close(self) -> None:
-        self.table.clear()
         self.tokens.clear()
+        self.peer.close()
 
 
 class DictWriteFloor(DictFloor):
-    """:class:`DictFloor` plus one ``os.write`` per change to an ``O_APPEND`` file.
+    """:class:`DictFloor` plus one ``os.write`` per change to an ``O_APPEND`` file
+    in the directory *path* (:class:`walsess.benchmark.peers.FloorDictWrite`).
 
-    A set writes the line ``ref TAB key TAB json NL`` (ref: the token's first
-    16 characters), a create one line with every key and value; about the
-    size of the walsess record for the same change. No fsync, like walsess in
-    ``interval`` mode between its background fsyncs.
+    A set writes the line ``S TAB ref TAB key TAB json NL`` (ref: the token's
+    first 16 characters), a create one line with the token and every key and
+    value; about the size of the walsess record for the same change. No
+    fsync, like walsess in ``interval`` mode between its background fsyncs.
     """
 
     def __init__(self, path: str, sessions: int, seed: int = SEED) -> None:
-        super().__init__(sessions, seed)
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        super().__init__(sessions, seed)
+
+    def _open(self) -> FloorDictWrite:
+        return FloorDictWrite(self.path)
 
     def set_op(self) -> Callable[[], None]:
         table = self.table
         dumps = json.dumps
         write = os.write
-        fd = self.fd
+        line = floor_set_line
+        assert isinstance(self.peer, FloorDictWrite)
+        fd = self.peer.fd
         tokens = self.tokens
         it = itertools.cycle([(tokens[i], k, v) for i, k, v in access_plan(len(tokens), self.seed)])
 
         def op() -> None:
             t, k, v = next(it)
             js = dumps(v)
-            write(fd, f"{t[:16]}\t{k}\t{js}\n".encode())
+            write(fd, line(t, k, js))
             table[t][k] = js
 
         return op
-
-    def create_op(self) -> Callable[[], object]:
-        table = self.table
-        dumps = json.dumps
-        write = os.write
-        fd = self.fd
-        new_token = secrets.token_urlsafe
-        it = itertools.cycle(create_plan())
-
-        def op() -> object:
-            t = new_token(32)
-            values = {k: dumps(v) for k, v in next(it).items()}
-            line = "\t".join([t[:16], *itertools.chain.from_iterable(values.items())])
-            write(fd, (line + "\n").encode())
-            table[t] = values
-            return t
-
-        return op
-
-    def close(self) -> None:
-        super().close()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 # -- replay ----------------------------------------------------------------------------
@@ -480,7 +406,7 @@ class Workbench:
         t = self._targets.get(label)
         if t is None:
             if write:
-                t = DictWriteFloor(os.path.join(self.workdir, f"{label}.log"), sessions, self.seed)
+                t = DictWriteFloor(os.path.join(self.workdir, label), sessions, self.seed)
             else:
                 t = DictFloor(sessions, self.seed)
             self._targets[label] = t
@@ -571,26 +497,19 @@ def memory_child(kind: str, n: int, method: str) -> dict[str, Any]:
     if method not in ("rss", "tracemalloc"):
         raise ValueError(f"unknown method {method!r}; 'rss' or 'tracemalloc'")
     with tempfile.TemporaryDirectory(prefix="walsess-mem-") as workdir:
-        store: walsess.Store | None = None
-        table: dict[str, dict[str, str]] = {}
+        # the rows of ``walsess bench`` (walsess.benchmark.peers), built the same way
+        peer: Peer
         if kind == "walsess":
-            store = walsess.open(os.path.join(workdir, "s"), durability="never", default_ttl=TTL)
-            create = store.create
-
-            def build() -> None:
-                for i in range(n):
-                    create(session_data(i))
-
+            peer = WalsessPeer(os.path.join(workdir, "s"), durability="never")
         elif kind == "floor-dict":
-            dumps = json.dumps
-            new_token = secrets.token_urlsafe
-
-            def build() -> None:
-                for i in range(n):
-                    table[new_token(32)] = {k: dumps(v) for k, v in session_data(i).items()}
-
+            peer = FloorDict()
         else:
             raise ValueError(f"unknown memory kind {kind!r}; one of {MEMORY_KINDS}")
+
+        def build() -> None:
+            for _ in peer.populate(session_data(i) for i in range(n)):
+                pass
+
         gc.collect()
         if method == "tracemalloc":
             tracemalloc.start()
@@ -598,8 +517,7 @@ def memory_child(kind: str, n: int, method: str) -> dict[str, Any]:
         build()
         gc.collect()
         after = tracemalloc.get_traced_memory()[0] if method == "tracemalloc" else _rss()
-        if store is not None:
-            store.close()
+        peer.close()
     return {
         "kind": kind,
         "method": method,

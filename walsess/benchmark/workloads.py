@@ -118,7 +118,7 @@ def new_value(key: str, rng: random.Random) -> Any:
     return rng.randrange(1000)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)
 def _access_plan(sessions: int, seed: int, size: int) -> tuple[tuple[int, str, Any], ...]:
     rng = random.Random(seed)
     plan = []
