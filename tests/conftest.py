@@ -7,6 +7,9 @@ set, or with HYPOTHESIS_PROFILE=ci) so a CI run is repeatable.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,3 +59,23 @@ def store(store_dir: str, clock: FakeClock) -> Iterator[walsess.Store]:
         yield s
     finally:
         s.close()
+
+
+def start_child(
+    code: str, *args: str, timeout: float = 30.0
+) -> tuple[subprocess.Popen[bytes], threading.Timer]:
+    """Run *code* in a child Python importing this checkout's walsess, with pipes on
+    stdout and stderr and a watchdog that kills it after *timeout* seconds (cancel
+    the returned timer when done)."""
+    env = dict(os.environ)
+    src = str(Path(walsess.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    return proc, watchdog

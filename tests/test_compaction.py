@@ -34,10 +34,7 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, start_child
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -603,17 +600,7 @@ class KillResult:
 
 
 def kill_child(directory: str, mode: str, seed: int, rng: random.Random) -> KillResult:
-    env = dict(os.environ)
-    src = str(Path(walsess.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, directory, mode, str(seed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    watchdog = threading.Timer(30.0, proc.kill)
-    watchdog.start()
+    proc, watchdog = start_child(CHILD, directory, mode, str(seed))
     try:
         assert proc.stdout is not None and proc.stderr is not None
         lines: list[bytes] = []

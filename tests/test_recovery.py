@@ -31,9 +31,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import start_child
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -473,17 +471,7 @@ def run_child(directory: str, mode: str, seed: int, rng: random.Random) -> tuple
     """Start a writer, SIGKILL it after a random number of acknowledgements, and
     return the model of the acknowledged changes without and with the one in flight,
     and the number of acknowledged changes."""
-    env = dict(os.environ)
-    src = str(Path(walsess.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, directory, mode, str(seed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    watchdog = threading.Timer(30.0, proc.kill)
-    watchdog.start()
+    proc, watchdog = start_child(CHILD, directory, mode, str(seed))
     try:
         assert proc.stdout is not None and proc.stderr is not None
         lines: list[bytes] = []
