@@ -140,7 +140,7 @@ def test_dump_json_and_session_filter(built: tuple[str, dict[str, dict[str, obje
     token = next(t for t, d in data.items() if "late" in d)
     mine = [
         json.loads(line)
-        for line in run("dump", path, "--json", "--session", token).stdout.splitlines()
+        for line in run("dump", path, "--json", f"--session={token}").stdout.splitlines()
     ]
     assert [row["op"] for row in mine] == ["CREATE", "MODIFY"]
     assert mine[1]["set"] == {"late": "yes"}

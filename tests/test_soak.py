@@ -1,13 +1,14 @@
 """Crash soak: SIGKILL a writer at random moments, reopen, check, and go on.
 
 A child process writes to one store (creates, per-key sets with ever
-growing values, destroys), with automatic compaction set to trigger every
-few hundred records and the cleanup thread collecting short-lived sessions
-every 20 ms, and reports each change on stdout after the call returns. The
-parent kills it with SIGKILL after a random number of acknowledgements (so
-kills land in writes, fsyncs, compactions and gc alike), reopens the store
-and checks that every acknowledged change is there, then starts the next
-child on the same directory.
+growing values, destroys, an explicit compaction now and then), with
+automatic compaction set to trigger every few hundred records and the
+cleanup thread collecting short-lived sessions every 20 ms, and reports
+each change on stdout after the call returns. The parent kills it with
+SIGKILL after a random number of acknowledgements (so kills land in writes,
+fsyncs, compactions and gc alike), reopens the store and checks that every
+acknowledged change is there, then starts the next child on the same
+directory.
 
 CI runs 70 kills per durability mode (210 in all). ``pytest -m slow`` runs
 the long soak: WALSESS_SOAK_KILLS per mode (default 1,000).
@@ -32,7 +33,7 @@ import random, sys, walsess
 path, mode, seed, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(seed)
 store = walsess.open(path, durability=mode, fsync_interval=0.01, compact_ratio=1.0,
-                     compact_min_bytes=16384, cleanup_interval=0.02)
+                     compact_min_bytes=8192, cleanup_interval=0.02)
 tokens = [t for t in sys.stdin.read().split() if t]
 counter = start
 out = sys.stdout
@@ -46,6 +47,9 @@ while True:
         out.write(f"C {s.id} {counter}\n")
     elif roll < 0.15:
         store.create({"junk": 1}, ttl=0.01)  # expires at once: food for gc
+        continue
+    elif roll < 0.16:
+        store.compact()  # besides the automatic ones
         continue
     elif roll < 0.2 and len(tokens) > 3:
         t = tokens.pop(rng.randrange(len(tokens)))

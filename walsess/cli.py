@@ -389,7 +389,11 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("dump", help="list the records")
     c.add_argument("dir")
     c.add_argument("--json", action="store_true", help="one JSON object per line")
-    c.add_argument("--session", metavar="TOKEN", help="only the records of this session")
+    c.add_argument(
+        "--session",
+        metavar="TOKEN",
+        help="only the records of this session (write --session=TOKEN: a token may start with -)",
+    )
     c = sub.add_parser("repair", help="cut a damaged store back to its last good record")
     c.add_argument("dir")
     c.add_argument("--yes", action="store_true", help="do not ask for confirmation")
