@@ -543,3 +543,36 @@ def test_never_mode_fsyncs_only_on_close(store_dir: str) -> None:
     assert fs.fsyncs == base
     store.close()
     assert fs.fsyncs == base + 1
+
+
+def test_close_never_hangs_when_it_races_with_the_flusher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() landing between the flusher's wait and its clear of the wake-up
+    event once left the flusher asleep forever and close() joining it forever."""
+    from walsess import durability
+
+    made: list[threading.Event] = []
+    holder: dict[str, durability.IntervalSync] = {}
+
+    class RacingWake(threading.Event):
+        def clear(self) -> None:
+            policy = holder["policy"]
+            policy._stopping.set()  # close() runs exactly here: _stopping, then _wake
+            super().set()
+            super().clear()  # ... and only then the flusher's clear lands
+
+    real_event = threading.Event
+
+    def make_event() -> threading.Event:
+        event = RacingWake() if not made else real_event()
+        made.append(event)
+        return event
+
+    monkeypatch.setattr(durability.threading, "Event", make_event)
+    fsyncs: list[int] = []
+    policy = durability.IntervalSync(lambda: fsyncs.append(1), lambda: 0, interval=0.001)
+    holder["policy"] = policy
+    monkeypatch.setattr(durability.threading, "Event", real_event)
+    policy.appended()
+    policy._thread.join(timeout=10)
+    assert not policy._thread.is_alive(), "the flusher never saw close()"
+    policy.close()

@@ -131,6 +131,12 @@ class IntervalSync(SyncPolicy):
             # Clear before syncing: a write racing with us marks dirty again and
             # is covered by this fsync or the next one.
             self._wake.clear()
+            # close() sets _stopping before _wake: if it raced with the clear
+            # above, either we see _stopping now or _wake is set again after
+            # the clear and the next wait returns at once. Without this check
+            # close() could wait forever for a flusher asleep on _wake.
+            if self._stopping.is_set():
+                return
             self.dirty = False
             try:
                 self._fsync()
