@@ -49,6 +49,7 @@ from typing import Any
 import walsess
 from bench.workloads import KEYS, SEED, TTL, Scale, access_plan, new_value, session_data
 from walsess import record as wrecord
+from walsess.clock import ManualClock
 from walsess.store import _snapshot_record
 
 __all__ = [
@@ -113,22 +114,6 @@ def _fresh_dir(path: str) -> str:
     if os.path.exists(path):
         shutil.rmtree(path)
     return path
-
-
-# -- the injected clock ---------------------------------------------------------
-
-
-class ManualClock:
-    """A clock for ``walsess.open(clock=...)`` that moves only when told: a mutable float."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # -- latencies ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import walsess
+from walsess.clock import ManualClock
 
 settings.register_profile(
     "ci",
@@ -29,17 +30,8 @@ settings.register_profile("dev", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
-class FakeClock:
-    """A clock tests move by hand: no test sleeps to wait for expiry."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+#: A clock tests move by hand: no test sleeps to wait for expiry.
+FakeClock = ManualClock
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ recovery), :mod:`~walsess.table` (the in-memory table),
 """
 
 from .changelog import Cut
+from .clock import ManualClock
 from .codec import JSON, PICKLE, Codec, JSONCodec, PickleCodec
 from .errors import (
     CodecError,
@@ -57,6 +58,7 @@ __all__ = [
     "JSONCodec",
     "LimitError",
     "LockedError",
+    "ManualClock",
     "PickleCodec",
     "Recovery",
     "Session",
