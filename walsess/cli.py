@@ -26,7 +26,7 @@ from .errors import LockedError, WalsessError
 from .fileio import OS
 from .lockfile import DirectoryLock
 from .storedir import StoreDirectory
-from .verify import iter_records, verify_directory, verify_file
+from .verify import iter_records, verify_directory
 
 __all__ = ["main"]
 
@@ -82,16 +82,17 @@ def _sessions(directory: str) -> int | None:
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     directory = args.dir
-    d = StoreDirectory(directory, OS)
-    files = [("snapshot", d.snapshot_path(g), g) for g in d.snapshots()]
-    files += [("log", d.log_path(g), g) for g in d.logs()]
-    newest = max((g for kind, _, g in files if kind == "log"), default=None)
-    progress = Progress(len(files), "checking")
-    reports = []
-    for kind, path, g in files:
-        reports.append(verify_file(path, kind, g, kind == "log" and g == newest))
-        progress.step(os.path.basename(path))
-    progress.finish()
+    bar: list[Progress] = []
+
+    def show(total: int, path: str) -> None:
+        if not bar:
+            bar.append(Progress(total, "checking"))
+        if path:
+            bar[0].step(os.path.basename(path))
+
+    reports = verify_directory(directory, progress=show)
+    if bar:
+        bar[0].finish()
     records = sum(r.records for r in reports)
     size = sum(r.size for r in reports)
     sessions = _sessions(directory)

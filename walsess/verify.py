@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .errors import FileError
@@ -117,13 +117,26 @@ def verify_file(
     return report(records, reader.end)
 
 
-def verify_directory(path: str, fs: FileSystem = OS) -> list[FileReport]:
-    """A report for every snapshot and log file of the store at *path*, in order."""
+def verify_directory(
+    path: str, fs: FileSystem = OS, progress: Callable[[int, str], object] | None = None
+) -> list[FileReport]:
+    """A report for every snapshot and log file of the store at *path*, in order.
+
+    *progress*, if given, is called with the number of files before the first
+    is checked (and an empty name), then with each file's path once checked.
+    """
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} is not a directory")
     files = _files(path)
     newest = max((g for kind, _, g in files if kind == "log"), default=None)
-    return [verify_file(p, kind, g, kind == "log" and g == newest, fs) for kind, p, g in files]
+    if progress is not None:
+        progress(len(files), "")
+    reports = []
+    for kind, p, g in files:
+        reports.append(verify_file(p, kind, g, kind == "log" and g == newest, fs))
+        if progress is not None:
+            progress(len(files), p)
+    return reports
 
 
 def iter_records(path: str, fs: FileSystem = OS) -> Iterator[tuple[str, int, Record]]:
