@@ -33,7 +33,7 @@ import re
 import struct
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import IntEnum
 from typing import Any, NamedTuple, Union
 
@@ -74,6 +74,7 @@ __all__ = [
     "encode_set",
     "encode_touch",
     "key_bytes",
+    "keys_bytes",
     "next_valid_record",
 ]
 
@@ -288,55 +289,61 @@ def encode_create(
     hard_deadline: float,
     user: str | None,
     meta: bytes | None,
-    items: Iterable[tuple[bytes, bytes]],
+    keys: Sequence[bytes],
+    values: Sequence[bytes],
 ) -> bytes:
-    """A CREATE record. *items* are (UTF-8 key, encoded value) pairs."""
+    """A CREATE record. *keys* are UTF-8 keys, *values* their encoded values, in order.
+
+    Cost: a handful of C calls whatever the number of keys (the item block is
+    columnar, so its lengths pack in one struct call).
+    """
     if len(digest) != DIGEST_SIZE:
         raise ValueError("digest must be 32 bytes")
     flags = (_CREATE_HAS_USER if user is not None else 0) | (
         _CREATE_HAS_META if meta is not None else 0
     )
-    parts = [_CREATE_FIXED.pack(digest, created_at, ttl, idle_deadline, hard_deadline, flags)]
-    if user is not None:
-        ub = user.encode()
-        parts += (_U16.pack(len(ub)), ub)
-    if meta is not None:
-        parts += (_U32.pack(len(meta)), meta)
-    parts.append(_encode_items(None, list(items)))
-    return _frame(Op.CREATE, sid, b"".join(parts))
+    head = _CREATE_FIXED.pack(digest, created_at, ttl, idle_deadline, hard_deadline, flags)
+    if flags:
+        parts = [head]
+        if user is not None:
+            ub = user.encode()
+            parts += (_U16.pack(len(ub)), ub)
+        if meta is not None:
+            parts += (_U32.pack(len(meta)), meta)
+        head = b"".join(parts)
+    return _frame(Op.CREATE, sid, head + _item_block(keys, values))
 
 
-def _item_lengths(n: int, kinds: bool) -> struct.Struct:
-    """The struct of an item block's length arrays: [kinds u8 x n] klens u16 x n, vlens u32 x n."""
-    key = (n, kinds)
+def _item_lengths(n: int, kinds: bool, counted: bool = False) -> struct.Struct:
+    """The struct of an item block's length arrays: [kinds u8 x n] klens u16 x n,
+    vlens u32 x n; *counted* puts the block's count (u32) in front, as the encoder writes."""
+    key = (n, kinds, counted)
     st = _ITEM_STRUCTS.get(key)
     if st is None:
-        st = struct.Struct(f"<{n}B{n}H{n}I" if kinds else f"<{n}H{n}I")
-        if len(_ITEM_STRUCTS) < 256:
+        fmt = f"{n}B{n}H{n}I" if kinds else f"{n}H{n}I"
+        st = struct.Struct(("<I" if counted else "<") + fmt)
+        if len(_ITEM_STRUCTS) < 512:
             _ITEM_STRUCTS[key] = st
     return st
 
 
-_ITEM_STRUCTS: dict[tuple[int, bool], struct.Struct] = {}
+_ITEM_STRUCTS: dict[tuple[int, bool, bool], struct.Struct] = {}
 
 
-def _encode_items(kinds: list[int] | None, items: list[tuple[bytes, bytes | None]]) -> bytes:
-    """An item block: count, the length arrays, then all keys, then all values."""
-    n = len(items)
-    klens = [len(k) for k, _ in items]
-    vlens = [0 if v is None else len(v) for _, v in items]
-    lengths = _item_lengths(n, kinds is not None)
-    arrays = (
-        lengths.pack(*kinds, *klens, *vlens) if kinds is not None else lengths.pack(*klens, *vlens)
-    )
-    return b"".join(
-        (
-            _U32.pack(n),
-            arrays,
-            b"".join([k for k, _ in items]),
-            b"".join([v for _, v in items if v is not None]),
-        )
-    )
+def _item_block(keys: Sequence[bytes], values: Sequence[bytes]) -> bytes:
+    """An item block of sets: count, the length arrays, then all keys, then all values."""
+    n = len(keys)
+    lengths = _item_lengths(n, False, True).pack(n, *map(len, keys), *map(len, values))
+    return b"".join((lengths, *keys, *values))
+
+
+def _change_block(keys: Sequence[bytes], values: Sequence[bytes | None]) -> bytes:
+    """An item block with kinds: a value of None is a delete (length 0, no bytes)."""
+    n = len(keys)
+    kinds = [_KIND_SET if v is not None else _KIND_DELETE for v in values]
+    vlens = [0 if v is None else len(v) for v in values]
+    lengths = _item_lengths(n, True, True).pack(n, *kinds, *map(len, keys), *vlens)
+    return b"".join((lengths, *keys, *[v for v in values if v is not None]))
 
 
 def encode_destroy(sid: int, reason: int = DestroyReason.DESTROYED) -> bytes:
@@ -357,8 +364,9 @@ def encode_touch(sid: int, idle_deadline: float, ttl: float) -> bytes:
 
 
 _OP_MODIFY = 3
-# Per-key packers for encode_set: validating and encoding a key, and building
-# a struct for its length, happen once per distinct key rather than per write.
+# Per-key cache for encode_set and keys_bytes: validating and encoding a key,
+# and building a struct for its length, happen once per distinct key rather
+# than per write.
 _SET_PACKERS: dict[str, tuple[bytes, Callable[..., bytes]]] = {}
 _SET_PACKERS_MAX = 4096
 
@@ -371,6 +379,17 @@ def _set_packer(key: object) -> tuple[bytes, Callable[..., bytes]]:
             _SET_PACKERS.clear()
         _SET_PACKERS[key] = (kb, packer)
     return kb, packer
+
+
+def keys_bytes(keys: Iterable[object]) -> list[bytes]:
+    """The UTF-8 bytes of each of *keys*, validated like :func:`key_bytes`
+    (which raises :class:`InvalidKey`); a dict probe per key already seen."""
+    get = _SET_PACKERS.get
+    out = []
+    for key in keys:
+        entry = get(key) if type(key) is str else None
+        out.append((entry or _set_packer(key))[0])
+    return out
 
 
 def encode_set(sid: int, key: str, value: bytes) -> bytes:
@@ -391,9 +410,9 @@ def encode_set(sid: int, key: str, value: bytes) -> bytes:
 def encode_modify(sid: int, clear: bool, changes: Iterable[tuple[bytes, bytes | None]]) -> bytes:
     """A MODIFY record: optionally clear, then each (key, value) set or (key, None) delete."""
     items = list(changes)
-    kinds = [_KIND_SET if v is not None else _KIND_DELETE for _, v in items]
     flags = bytes((_MODIFY_CLEAR if clear else 0,))
-    return _frame(Op.MODIFY, sid, flags + _encode_items(kinds, items))
+    block = _change_block([k for k, _ in items], [v for _, v in items])
+    return _frame(Op.MODIFY, sid, flags + block)
 
 
 def encode_record(record: Record) -> bytes:
@@ -408,7 +427,8 @@ def encode_record(record: Record) -> bytes:
             record.hard_deadline,
             record.user,
             record.meta,
-            [(k.encode(), v) for k, v in record.items],
+            [k.encode() for k, _ in record.items],
+            [v for _, v in record.items],
         )
     if isinstance(record, Destroy):
         return encode_destroy(record.sid, record.reason)

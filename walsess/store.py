@@ -361,20 +361,29 @@ class Store:
 
     # -- validation ---------------------------------------------------------------
 
+    def _too_large(self, vb: bytes) -> ValueTooLarge:
+        return ValueTooLarge(
+            f"encoded value is {len(vb)} bytes; max_value_bytes is {self.max_value_bytes}"
+        )
+
     def _encode_value(self, value: Any) -> bytes:
         vb = self._encode(value)
         if len(vb) > self.max_value_bytes:
-            raise ValueTooLarge(
-                f"encoded value is {len(vb)} bytes; max_value_bytes is {self.max_value_bytes}"
-            )
+            raise self._too_large(vb)
         return vb
 
-    def _encode_items(self, items: Iterable[tuple[Any, Any]]) -> list[tuple[str, bytes, bytes]]:
-        out = []
-        for key, value in items:
-            kb = rec.key_bytes(key)
-            out.append((key, kb, self._encode_value(value)))
-        return out
+    def _encode_items(
+        self, items: Iterable[tuple[Any, Any]]
+    ) -> tuple[list[str], list[bytes], list[bytes]]:
+        """Validated (keys, UTF-8 keys, encoded values) of *items*."""
+        pairs = list(items)
+        keys = [k for k, _ in pairs]
+        kbs = rec.keys_bytes(keys)
+        encode = self._encode
+        vbs = [encode(v) for _, v in pairs]
+        if vbs and max(map(len, vbs)) > self.max_value_bytes:
+            raise self._too_large(max(vbs, key=len))
+        return keys, kbs, vbs
 
     # -- sessions -----------------------------------------------------------------
 
@@ -416,10 +425,16 @@ class Store:
         :param user: the owner (a user id), for listing and revoking a user's sessions.
         :param meta: small JSON metadata fixed at creation (IP, user agent, ...).
         """
-        ttl = self.default_ttl if ttl is None else ttl
-        _positive("ttl", ttl)
-        lifetime = self.max_lifetime if max_lifetime is None else max_lifetime
-        _positive("max_lifetime", lifetime, allow_none=True)
+        if ttl is None:
+            ttl = self.default_ttl
+        else:
+            _positive("ttl", ttl)
+            ttl = float(ttl)
+        if max_lifetime is None:
+            lifetime = self.max_lifetime
+        else:
+            _positive("max_lifetime", max_lifetime)
+            lifetime = float(max_lifetime)
         if user is not None:
             if not isinstance(user, str):
                 raise ValidationError(f"user must be a str, not {type(user).__name__}")
@@ -435,7 +450,7 @@ class Store:
                 raise CodecError(f"meta must be JSON: {exc}") from None
             if len(meta_b) > self.max_value_bytes:
                 raise ValueTooLarge("meta is larger than max_value_bytes")
-        items = self._encode_items((data or {}).items())
+        keys, kbs, vbs = self._encode_items(data.items() if data else ())
         token = tokens.new_token()
         digest = tokens.digest(token)
         if self.max_sessions is not None and len(self._table) >= self.max_sessions:
@@ -453,23 +468,25 @@ class Store:
                 digest = tokens.digest(token)
             sid = table.allocate_sid()
             now = self._clock()
-            hard = _INF if lifetime is None else now + float(lifetime)
-            create = rec.Create(
-                sid,
-                digest,
-                now,
-                float(ttl),
-                now + float(ttl),
-                hard,
-                user,
-                meta_b,
-                tuple((k, vb) for k, _, vb in items),
-            )
-            record = rec.encode_record(create)
+            idle = now + ttl
+            hard = _INF if lifetime is None else now + lifetime
+            record = rec.encode_create(sid, digest, now, ttl, idle, hard, user, meta_b, kbs, vbs)
             if len(record) > rec.MAX_PAYLOAD_BYTES:
                 raise ValueTooLarge("session data is larger than one record may be (1 GiB)")
             pos = self._commit(record)
-            state = table.apply_create(create)
+            state = table.insert(
+                SessionState(
+                    sid,
+                    digest,
+                    now,
+                    ttl,
+                    idle,
+                    hard,
+                    user,
+                    meta_b,
+                    dict(zip(keys, vbs, strict=True)),
+                )
+            )
         if self._always:
             self._sync.wait(pos)
         return Session(self, state, token)
@@ -588,9 +605,7 @@ class Store:
         # _live_state are inlined here, in the same order.
         vb = self._encode(value)
         if len(vb) > self.max_value_bytes:
-            raise ValueTooLarge(
-                f"encoded value is {len(vb)} bytes; max_value_bytes is {self.max_value_bytes}"
-            )
+            raise self._too_large(vb)
         st = handle._state
         record = rec.encode_set(st.sid, key, vb)  # validates the key
         now = self._clock()
@@ -978,6 +993,9 @@ def _make_dir(path: str, fs: FileSystem) -> bool:
 
 def _snapshot_record(st: SessionState) -> bytes:
     """A session as the CREATE record that recreates it exactly (in a snapshot)."""
+    data = dict(st.data)  # one consistent copy, even if a writer changes it meanwhile
+    keys = list(data)
+    values = list(data.values())
     return rec.encode_create(
         st.sid,
         st.digest,
@@ -987,7 +1005,8 @@ def _snapshot_record(st: SessionState) -> bytes:
         st.hard_deadline,
         st.user,
         st.meta,
-        [(k.encode(), v) for k, v in st.data.items()],
+        rec.keys_bytes(keys),
+        values,
     )
 
 

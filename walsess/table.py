@@ -214,24 +214,30 @@ class SessionTable:
             st.data[key] = value
 
     def apply_create(self, r: Create) -> SessionState:
-        old = self.by_sid.get(r.sid)
+        return self.insert(
+            SessionState(
+                r.sid,
+                r.digest,
+                r.created_at,
+                r.ttl,
+                r.idle_deadline,
+                r.hard_deadline,
+                r.user,
+                r.meta,
+                dict(r.items),
+            )
+        )
+
+    def insert(self, st: SessionState) -> SessionState:
+        """Add a new session (replacing any with its SID, as replaying a CREATE does)."""
+        sid = st.sid
+        old = self.by_sid.get(sid)
         if old is not None:
             self.remove(old)
-        st = SessionState(
-            r.sid,
-            r.digest,
-            r.created_at,
-            r.ttl,
-            r.idle_deadline,
-            r.hard_deadline,
-            r.user,
-            r.meta,
-            dict(r.items),
-        )
-        self.by_sid[r.sid] = st
-        self.by_ref[ref_key(r.digest)] = st
-        if r.sid >= self.next_sid:
-            self.next_sid = r.sid + 1 if r.sid < MAX_SID else 1
+        self.by_sid[sid] = st
+        self.by_ref[ref_key(st.digest)] = st
+        if sid >= self.next_sid:
+            self.next_sid = sid + 1 if sid < MAX_SID else 1
         if not self._bulk:
             self.reindex(st, min(st.idle_deadline, st.hard_deadline))
             if st.user is not None:
