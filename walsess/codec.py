@@ -17,16 +17,21 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import CodecError
 
-__all__ = ["JSON", "PICKLE", "Codec", "JSONCodec", "PickleCodec", "resolve_codec"]
+__all__ = ["JSON", "PICKLE", "Codec", "JSONCodec", "PickleCodec", "decoder_of_all", "resolve_codec"]
 
 
 @runtime_checkable
 class Codec(Protocol):
-    """Turns values into bytes and back. ``encode`` raises on what it cannot store."""
+    """Turns values into bytes and back. ``encode`` raises on what it cannot store.
+
+    A codec may also have ``decode_all(mapping) -> dict``, decoding every
+    value of a mapping at once (a whole-session read); see :func:`decoder_of_all`.
+    """
 
     name: str
 
@@ -90,6 +95,22 @@ class JSONCodec:
             raise json.JSONDecodeError("not a single JSON value", text, max(end, 0))
         return value
 
+    def decode_all(self, data: Mapping[str, bytes]) -> dict[str, Any]:
+        """``{key: decode(value)}``, in one loop with no call per value (a session
+        read whole). Faster than joining the values into one array to scan: the
+        join and the dict building cost more than the scans they save."""
+        scan = self._scan
+        out = {}
+        for key, raw in data.items():
+            text = raw.decode("ascii")
+            try:
+                out[key], end = scan(text, 0)
+            except StopIteration:
+                end = -1
+            if end != len(text):
+                raise json.JSONDecodeError("not a single JSON value", text, max(end, 0))
+        return out
+
 
 class PickleCodec:
     """Any picklable value. Only for stores whose files nobody else can write."""
@@ -105,9 +126,24 @@ class PickleCodec:
     def decode(self, data: bytes) -> Any:
         return pickle.loads(data)  # asked for by name; see the class docstring
 
+    def decode_all(self, data: Mapping[str, bytes]) -> dict[str, Any]:
+        return {key: pickle.loads(raw) for key, raw in data.items()}
+
 
 JSON = JSONCodec()
 PICKLE = PickleCodec()
+
+
+def decoder_of_all(codec: Codec) -> Callable[[Mapping[str, bytes]], dict[str, Any]]:
+    """*codec*'s ``decode_all`` (an optional method: decode every value of a
+    mapping), or the same built from its ``decode``."""
+    decode_all: Callable[[Mapping[str, bytes]], dict[str, Any]] | None = getattr(
+        codec, "decode_all", None
+    )
+    if decode_all is not None:
+        return decode_all
+    decode = codec.decode
+    return lambda data: {key: decode(raw) for key, raw in data.items()}
 
 
 def resolve_codec(codec: str | Codec) -> Codec:

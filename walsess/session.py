@@ -65,7 +65,16 @@ class Session(MutableMapping[str, Any]):
         self.id = token
 
     def _live(self) -> SessionState:
-        return self._store._live_state(self._state, self._digest)
+        st = self._state
+        store = self._store
+        now = store._clock()
+        if (
+            st.digest is not self._digest
+            or store._closed
+            or not (now < st.idle_deadline and now < st.hard_deadline)
+        ):
+            return store._live_state(st, self._digest)  # raises the right error
+        return st
 
     # -- attributes ---------------------------------------------------------
 
@@ -101,17 +110,7 @@ class Session(MutableMapping[str, Any]):
     # -- mapping ------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
-        st = self._state
-        store = self._store
-        now = store._clock()
-        # Inlined liveness check (see Store._live_state, which raises the errors).
-        if (
-            st.digest is not self._digest
-            or store._closed
-            or not (now < st.idle_deadline and now < st.hard_deadline)
-        ):
-            st = self._live()
-        return store._decode(st.data[key])
+        return self._store._decode(self._live().data[key])
 
     def get(self, key: str, default: Any = None) -> Any:
         raw = self._live().data.get(key)
@@ -149,8 +148,9 @@ class Session(MutableMapping[str, Any]):
 
     def to_dict(self) -> dict[str, Any]:
         """A decoded copy of all keys, read at one moment."""
-        decode = self._store._decode
-        return {k: decode(v) for k, v in list(self._live().data.items())}
+        # A copy (one C call), so a writer in another thread cannot change the
+        # dict while it is decoded.
+        return self._store._decode_all(self._live().data.copy())
 
     def __repr__(self) -> str:
         try:

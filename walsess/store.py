@@ -25,7 +25,7 @@ from typing import Any
 
 from . import record as rec
 from . import tokens
-from .codec import JSON, Codec, resolve_codec
+from .codec import JSON, Codec, decoder_of_all, resolve_codec
 from .durability import make_policy
 from .errors import (
     CodecError,
@@ -211,6 +211,7 @@ class Store:
         self.max_value_bytes = max_value_bytes
         self.codec = resolve_codec(codec)
         self._decode = self.codec.decode
+        self._decode_all = decoder_of_all(self.codec)
         self._encode = self.codec.encode
         self._clock = clock
         self._fs = fs
@@ -401,13 +402,17 @@ class Store:
 
     def _find(self, token: object) -> SessionState | None:
         """The live session for *token*, or None. Never raises for odd tokens."""
-        self._check_open()
+        if self._closed:
+            raise StoreClosed(f"store {self.path} is closed")
         if type(token) is not str or len(token) > 512:
             return None
         st = self._table.find(tokens.digest(token))
-        if st is None or not st.live_at(self._clock()):
+        if st is None:
             return None
-        return st
+        now = self._clock()
+        if now < st.idle_deadline and now < st.hard_deadline:
+            return st
+        return None
 
     def create(
         self,
@@ -496,21 +501,18 @@ class Store:
 
         Extends the idle deadline to now + ttl (sliding expiry); a TOUCH record
         is written only when that moves the logged deadline by the granularity.
+        Cost: a SHA-256 of the token and two dict probes; no I/O unless a TOUCH.
         """
         st = self._find(token)
         if st is None:
             return None
-        self._extend(st)
-        return Session(self, st, token)
-
-    def _extend(self, st: SessionState) -> None:
         new_idle = self._clock() + st.ttl
-        if new_idle <= st.idle_deadline:
-            return
-        if new_idle - st.logged_deadline < min(self.touch_granularity, st.ttl * 0.1):
-            st.idle_deadline = new_idle  # within the documented granularity: memory only
-            return
-        self._touch(st, st.digest, new_idle, st.ttl)
+        if new_idle > st.idle_deadline:
+            if new_idle - st.logged_deadline < min(self.touch_granularity, st.ttl * 0.1):
+                st.idle_deadline = new_idle  # within the documented granularity: memory only
+            else:
+                self._touch(st, st.digest, new_idle, st.ttl)
+        return Session(self, st, token)
 
     def _touch(self, st: SessionState, digest: bytes, idle: float, ttl: float) -> bool:
         record = rec.encode_touch(st.sid, idle, ttl)
@@ -673,7 +675,6 @@ class Store:
             return len(self._table) - self._expired_now(now)
 
     def _info(self, st: SessionState, with_data: bool = False) -> SessionInfo:
-        decode = self._decode
         return SessionInfo(
             ref=tokens.ref_of(st.digest),
             user=st.user,
@@ -681,7 +682,7 @@ class Store:
             created_at=st.created_at,
             expires_at=st.expires_at,
             last_seen=st.idle_deadline - st.ttl,
-            data={k: decode(v) for k, v in st.data.items()} if with_data else None,
+            data=self._decode_all(st.data.copy()) if with_data else None,
         )
 
     def sessions(self) -> Iterator[SessionInfo]:
