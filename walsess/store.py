@@ -375,16 +375,17 @@ class Store:
 
     def _encode_items(
         self, items: Iterable[tuple[Any, Any]]
-    ) -> tuple[list[str], list[bytes], list[bytes]]:
-        """Validated (keys, UTF-8 keys, encoded values) of *items*."""
-        pairs = list(items)
-        keys = [k for k, _ in pairs]
-        kbs = rec.keys_bytes(keys)
+    ) -> tuple[dict[str, bytes], list[bytes], list[bytes]]:
+        """Validated *items*: (key -> encoded value, the UTF-8 keys, the encoded values)."""
         encode = self._encode
-        vbs = [encode(v) for _, v in pairs]
-        if vbs and max(map(len, vbs)) > self.max_value_bytes:
-            raise self._too_large(max(vbs, key=len))
-        return keys, kbs, vbs
+        limit = self.max_value_bytes
+        data: dict[str, bytes] = {}
+        for key, value in items:
+            vb = encode(value)
+            if len(vb) > limit:
+                raise self._too_large(vb)
+            data[key] = vb
+        return data, rec.keys_bytes(data), list(data.values())
 
     # -- sessions -----------------------------------------------------------------
 
@@ -455,7 +456,7 @@ class Store:
                 raise CodecError(f"meta must be JSON: {exc}") from None
             if len(meta_b) > self.max_value_bytes:
                 raise ValueTooLarge("meta is larger than max_value_bytes")
-        keys, kbs, vbs = self._encode_items(data.items() if data else ())
+        values, kbs, vbs = self._encode_items(data.items() if data else ())
         token = tokens.new_token()
         digest = tokens.digest(token)
         if self.max_sessions is not None and len(self._table) >= self.max_sessions:
@@ -489,7 +490,7 @@ class Store:
                     hard,
                     user,
                     meta_b,
-                    dict(zip(keys, vbs, strict=True)),
+                    values,
                 )
             )
         if self._always:
