@@ -126,9 +126,6 @@ class PickleCodec:
     def decode(self, data: bytes) -> Any:
         return pickle.loads(data)  # asked for by name; see the class docstring
 
-    def decode_all(self, data: Mapping[str, bytes]) -> dict[str, Any]:
-        return {key: pickle.loads(raw) for key, raw in data.items()}
-
 
 JSON = JSONCodec()
 PICKLE = PickleCodec()

@@ -408,12 +408,9 @@ class Store:
         if type(token) is not str or len(token) > 512:
             return None
         st = self._table.find(tokens.digest(token))
-        if st is None:
+        if st is None or not st.live_at(self._clock()):
             return None
-        now = self._clock()
-        if now < st.idle_deadline and now < st.hard_deadline:
-            return st
-        return None
+        return st
 
     def create(
         self,
@@ -996,8 +993,6 @@ def _make_dir(path: str, fs: FileSystem) -> bool:
 def _snapshot_record(st: SessionState) -> bytes:
     """A session as the CREATE record that recreates it exactly (in a snapshot)."""
     data = dict(st.data)  # one consistent copy, even if a writer changes it meanwhile
-    keys = list(data)
-    values = list(data.values())
     return rec.encode_create(
         st.sid,
         st.digest,
@@ -1007,8 +1002,8 @@ def _snapshot_record(st: SessionState) -> bytes:
         st.hard_deadline,
         st.user,
         st.meta,
-        rec.keys_bytes(keys),
-        values,
+        rec.keys_bytes(data),
+        list(data.values()),
     )
 
 
