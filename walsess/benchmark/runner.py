@@ -250,10 +250,10 @@ def _filesystem(path: str) -> str | None:
 
 
 def _step_count(rows: list[PeerSpec], works: list[Workload], s: Settings) -> int:
-    live = [w for w in works if w.kind in ("op", "threads")]
+    live = [w for w in works if w.per_request]
     steps = sum(1 for r in rows if any(applies(w, r) for w in live))
     steps += sum(s.repeats for w in live for r in rows if applies(w, r))
-    foot = [w for w in works if w.kind in ("open", "footprint")]
+    foot = [w for w in works if not w.per_request]
     steps += 2 * sum(1 for r in rows if any(applies(w, r) for w in foot))
     return steps
 
@@ -267,7 +267,7 @@ def run_live(
     progress: Progress,
 ) -> None:
     """The per-request workloads (one thread, or durable threads) on populated stores."""
-    live = [w for w in works if w.kind in ("op", "threads")]
+    live = [w for w in works if w.per_request]
     stores: dict[str, Populated] = {}
     try:
         for spec in rows:
@@ -321,7 +321,7 @@ def run_footprints(
     progress: Progress,
 ) -> None:
     """Open time, memory and disk: build each row's store, then measure it in a fresh process."""
-    foot = [w for w in works if w.kind in ("open", "footprint")]
+    foot = [w for w in works if not w.per_request]
     by_name = {w.name: w for w in foot}
     n = s.open_sessions
     for spec in rows:
@@ -390,7 +390,7 @@ def format_report(
             continue
         refs = [ref for ref in references(w) if (b := results.get(w.name, ref)) and b.value > 0]
         better = "higher" if w.higher_is_better else "lower"
-        n = s.sessions if w.kind in ("op", "threads") else s.open_sessions
+        n = s.sessions if w.per_request else s.open_sessions
         what = f"{n:,} sessions"
         out.append("")
         out.append(f"{w.name}: {w.description} ({_unit_label(w)}, {better} is better; {what})")

@@ -175,6 +175,12 @@ class Workload:
     durable_only: bool = False
     threads: int = 1
 
+    @property
+    def per_request(self) -> bool:
+        """Timed call by call on a populated store ("op", "threads"), as opposed to
+        measured on a store built for it ("open", "footprint")."""
+        return self.kind in ("op", "threads")
+
 
 WORKLOADS: tuple[Workload, ...] = (
     Workload("create", "create a session of 5 small keys", "op", "ops/s"),
