@@ -276,6 +276,13 @@ class ChangeLog:
         if old_fd is not None:
             self._fs.close(old_fd)
 
+    def forget(self) -> None:
+        """Close the descriptor without its lock or an fsync: for a forked child,
+        whose copy of the lock may have been held by a parent thread at the fork."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            self._fs.close(fd)
+
     def close(self) -> None:
         """Close the file (without fsync: the durability policy decides that)."""
         with self._fd_lock:

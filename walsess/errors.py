@@ -57,6 +57,18 @@ class StoreClosed(WalsessError):
     """The store was closed; open it again to use it."""
 
 
+class StoreForked(StoreClosed):
+    """The store was opened in another process, and this one is a fork of it.
+
+    A forked child shares the parent's log file and lock; if both wrote, each
+    would overwrite the other's records and one side's sessions would be lost
+    on the next restart. So every call in the child raises this, nothing is
+    written, and the parent's store keeps working. Open the store after
+    forking (gunicorn without ``--preload``, or in a post-fork hook), once the
+    parent has closed its copy; or use a store shared between processes.
+    """
+
+
 class StorePoisoned(WalsessError):
     """An fsync or an unrecoverable write failed; the store refuses further writes.
 

@@ -30,8 +30,10 @@ class DirectoryLock:
         except BlockingIOError:
             fs.close(fd)
             raise LockedError(
-                f"{self.path} is locked: the store is open in another process or"
-                " another walsess.open() of this process"
+                f"{self.path} is locked: the store is open in another process or in"
+                " another walsess.open() of this process. A store belongs to one process:"
+                " run one worker process with threads (gunicorn -w 1 --threads N, a single"
+                " uvicorn worker), or use a store shared between processes"
             ) from None
         except BaseException:
             fs.close(fd)

@@ -146,6 +146,21 @@ class Session(MutableMapping[str, Any]):
         items = list(data.items() if isinstance(data, Mapping) else data)
         self._store._modify(self, True, items)
 
+    def encoded(self) -> dict[str, bytes]:
+        """Every key's stored bytes (its value as the store's codec encoded it),
+        read at one moment: a copy. With :meth:`write_encoded`, what a
+        request-scoped view uses to save only what changed (see
+        :mod:`walsess.request`). O(keys), no decoding."""
+        return self._live().data.copy()
+
+    def write_encoded(self, changes: Mapping[str, bytes | None]) -> None:
+        """Set each key to already-encoded bytes, or delete it (``None``), in one record.
+
+        The bytes must come from ``store.codec.encode``; sizes and keys are
+        checked as for any write. Deleting an absent key is not an error.
+        """
+        self._store._modify_encoded(self, False, list(changes.items()))
+
     def to_dict(self) -> dict[str, Any]:
         """A decoded copy of all keys, read at one moment."""
         # A copy (one C call), so a writer in another thread cannot change the

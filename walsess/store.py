@@ -19,6 +19,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from .errors import (
     SessionNotFound,
     StorageError,
     StoreClosed,
+    StoreForked,
     StoreFull,
     StorePoisoned,
     ValidationError,
@@ -59,6 +61,18 @@ _COMPACT_CHUNK = 250
 _GC_CHUNK = 1000
 #: A running store keeps SIDs; one that opens with SIDs past this renumbers them.
 _RENUMBER_ABOVE = 1 << 31
+
+#: Stores open in this process, so that a forked child can disown them.
+_OPEN_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def _disown_after_fork() -> None:
+    for store in list(_OPEN_STORES):
+        store._disown()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disown_after_fork)
 
 _REASONS = {
     rec.DestroyReason.DESTROYED: "destroyed",
@@ -217,6 +231,7 @@ class Store:
         self._fs = fs
         self._lock = threading.Lock()
         self._closed = True
+        self._pid = os.getpid()
         self._poison: BaseException | None = None
         self._fsyncs = 0
         self._hooks: list[Hook] = []
@@ -266,6 +281,7 @@ class Store:
             if isinstance(exc, OSError):
                 raise StorageError(f"cannot open store {path}: {exc}") from exc
             raise
+        _OPEN_STORES.add(self)
         if self.cleanup_interval:
             self._cleaner = threading.Thread(
                 target=self._cleanup_loop, name="walsess-cleanup", daemon=True
@@ -290,6 +306,7 @@ class Store:
             if self._closed:
                 return
             self._closed = True
+        _OPEN_STORES.discard(self)
         self.stop_cleanup()
         compactor = self._compactor
         if compactor is not None and compactor is not threading.current_thread():
@@ -301,6 +318,42 @@ class Store:
         finally:
             self._log.close()
             self._dirlock.release()
+
+    def _disown(self) -> None:
+        """In a forked child: refuse every call from now on and let go of the
+        inherited descriptors, without writing, syncing or unlocking anything.
+
+        Closing the child's copies leaves the parent's flock held (it belongs to
+        the open file description, which the parent still has open), and lets
+        the child open the store itself once the parent has closed it. The
+        store's locks are replaced because a parent thread may have held them
+        at the fork, and no thread of the parent exists here to release them.
+        """
+        self._closed = True
+        self._lock = threading.Lock()
+        self._log.forget()
+        self._dirlock.release()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"a walsess.Store cannot be pickled or sent to another process; open {self.path}"
+            " in the process that uses it"
+        )
+
+    def _closed_error(self) -> StoreClosed:
+        """The error for a call on a store this process cannot use: closed, or forked."""
+        if self._pid != os.getpid():
+            return StoreForked(
+                f"store {self.path} was opened in process {self._pid} and cannot be used in"
+                f" process {os.getpid()}, a fork of it: sharing its log would lose sessions."
+                " Open the store after forking (gunicorn without --preload, or in a"
+                " post-fork hook), or use a store shared between processes"
+            )
+        return StoreClosed(f"store {self.path} is closed")
+
+    def now(self) -> float:
+        """The store's clock (seconds since the epoch; the ``clock`` given to open)."""
+        return self._clock()
 
     @property
     def closed(self) -> bool:
@@ -336,12 +389,12 @@ class Store:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreClosed(f"store {self.path} is closed")
+            raise self._closed_error()
 
     def _check_writable(self) -> None:
         """Under the lock, before any append."""
         if self._closed:
-            raise StoreClosed(f"store {self.path} is closed")
+            raise self._closed_error()
         if self._poison is not None:
             raise StorePoisoned(
                 f"store {self.path} refuses writes after an earlier failure; reopen it"
@@ -387,16 +440,24 @@ class Store:
             data[key] = vb
         return data, rec.keys_bytes(data), list(data.values())
 
+    @staticmethod
+    def _check_user(user: object) -> None:
+        if user is not None:
+            if not isinstance(user, str):
+                raise ValidationError(f"user must be a str or None, not {type(user).__name__}")
+            if len(user.encode()) > rec.MAX_KEY_BYTES:
+                raise ValidationError("user is longer than 65,535 UTF-8 bytes")
+
     # -- sessions -----------------------------------------------------------------
 
     def _live_state(self, state: SessionState, digest: bytes) -> SessionState:
         """*state* if it still belongs to *digest* and has not expired, else raise."""
         if state.digest is not digest:
             if self._closed:
-                raise StoreClosed(f"store {self.path} is closed")
+                raise self._closed_error()
             raise SessionNotFound(f"session {tokens.ref_of(digest)} no longer exists")
         if self._closed:
-            raise StoreClosed(f"store {self.path} is closed")
+            raise self._closed_error()
         if not state.live_at(self._clock()):
             raise SessionNotFound(f"session {tokens.ref_of(digest)} has expired")
         return state
@@ -404,7 +465,7 @@ class Store:
     def _find(self, token: object) -> SessionState | None:
         """The live session for *token*, or None. Never raises for odd tokens."""
         if self._closed:
-            raise StoreClosed(f"store {self.path} is closed")
+            raise self._closed_error()
         if type(token) is not str or len(token) > 512:
             return None
         st = self._table.find(tokens.digest(token))
@@ -438,11 +499,7 @@ class Store:
         else:
             _positive("max_lifetime", max_lifetime)
             lifetime = float(max_lifetime)
-        if user is not None:
-            if not isinstance(user, str):
-                raise ValidationError(f"user must be a str, not {type(user).__name__}")
-            if len(user.encode()) > rec.MAX_KEY_BYTES:
-                raise ValidationError("user is longer than 65,535 UTF-8 bytes")
+        self._check_user(user)
         meta_b: bytes | None = None
         if meta is not None:
             if not isinstance(meta, Mapping):
@@ -494,12 +551,17 @@ class Store:
             self._sync.wait(pos)
         return Session(self, state, token)
 
-    def get(self, token: str) -> Session | None:
+    def get(self, token: str, *, wait: bool = True) -> Session | None:
         """The session for *token*, or None if unknown or expired.
 
         Extends the idle deadline to now + ttl (sliding expiry); a TOUCH record
         is written only when that moves the logged deadline by the granularity.
         Cost: a SHA-256 of the token and two dict probes; no I/O unless a TOUCH.
+
+        :param wait: in ``"always"`` mode, wait for the fsync of a TOUCH this
+            read logs. ``wait=False`` returns at once; call :meth:`wait_synced`
+            before telling the client anything (an event loop does that wait in
+            a thread). Other modes never wait.
         """
         st = self._find(token)
         if st is None:
@@ -509,10 +571,20 @@ class Store:
             if new_idle - st.logged_deadline < min(self.touch_granularity, st.ttl * 0.1):
                 st.idle_deadline = new_idle  # within the documented granularity: memory only
             else:
-                self._touch(st, st.digest, new_idle, st.ttl)
+                self._touch(st, st.digest, new_idle, st.ttl, wait)
         return Session(self, st, token)
 
-    def _touch(self, st: SessionState, digest: bytes, idle: float, ttl: float) -> bool:
+    def wait_synced(self) -> None:
+        """In ``"always"`` mode, block until every record written so far is durable,
+        sharing one fsync with concurrent commits (none if it already is). Other
+        modes return at once. Pairs with ``get(token, wait=False)``."""
+        if self._always:
+            self._check_open()
+            self._sync.wait(self._log.written)
+
+    def _touch(
+        self, st: SessionState, digest: bytes, idle: float, ttl: float, wait: bool = True
+    ) -> bool:
         record = rec.encode_touch(st.sid, idle, ttl)
         with self._lock:
             self._check_writable()
@@ -520,7 +592,7 @@ class Store:
                 return False
             pos = self._commit(record)
             self._table.touch(st, idle, ttl)
-        if self._always:
+        if self._always and wait:
             self._sync.wait(pos)
         return True
 
@@ -570,12 +642,21 @@ class Store:
             self._notify([gone], _REASONS[rec.DestroyReason(reason)])
         return True
 
-    def regenerate(self, token: str) -> Session:
+    def regenerate(self, token: str, *, user: Any = _MISSING) -> Session:
         """Give the session a new token (do this at login); the old token is dead.
 
-        The data, owner and expiry carry over. Handles holding the old token
-        raise :class:`SessionNotFound` from now on.
+        The data, metadata and expiry carry over. Handles holding the old token
+        raise :class:`SessionNotFound` from now on; destroy hooks see the old
+        session as "regenerated".
+
+        :param user: make *user* (a str, or None for nobody) the session's owner,
+            as a login does. The session is then written anew under a new session
+            number with that owner (a CREATE and a DESTROY in one append), so that
+            it is listed and revoked with *user*'s other sessions. By default the
+            owner is kept and one CHANGE_ID record is written.
         """
+        if user is not _MISSING:
+            self._check_user(user)
         st = self._find(token)
         if st is None:
             raise SessionNotFound("cannot regenerate: no live session has this token")
@@ -589,14 +670,30 @@ class Store:
             while self._table.ref_taken(new):
                 new_token = tokens.new_token()
                 new = tokens.digest(new_token)
-            pos = self._commit(rec.encode_change_id(st.sid, new))
-            gone = self._info(st, with_data=True) if self._hooks else None
-            self._table.change_digest(st, new)
+            if user is _MISSING or user == st.user:
+                pos = self._commit(rec.encode_change_id(st.sid, new))
+                gone = self._info(st, with_data=True) if self._hooks else None
+                self._table.change_digest(st, new)
+                now_state = st
+            else:
+                data = st.data.copy()
+                sid = self._table.allocate_sid()
+                now_state = SessionState(
+                    sid, new, st.created_at, st.ttl, st.idle_deadline, st.hard_deadline,
+                    user, st.meta, data,
+                )  # fmt: skip
+                pos = self._commit(
+                    _snapshot_record(now_state)
+                    + rec.encode_destroy(st.sid, rec.DestroyReason.DESTROYED)
+                )
+                gone = self._info(st, with_data=True) if self._hooks else None
+                self._table.remove(st)
+                self._table.insert(now_state)
         if self._always:
             self._sync.wait(pos)
         if gone is not None:
             self._notify([gone], "regenerated")
-        return Session(self, st, new_token)
+        return Session(self, now_state, new_token)
 
     # -- changes through a Session ---------------------------------------------------
 
@@ -636,13 +733,33 @@ class Store:
         items: Iterable[tuple[Any, Any]],
         must_exist: str | None = None,
     ) -> None:
-        changes: list[tuple[str, bytes | None]] = []
+        self._modify_encoded(
+            handle,
+            clear,
+            [
+                (key, None if value is _MISSING else self._encode_value(value))
+                for key, value in items
+            ],
+            must_exist,
+        )
+
+    def _modify_encoded(
+        self,
+        handle: Session,
+        clear: bool,
+        changes: list[tuple[str, bytes | None]],
+        must_exist: str | None = None,
+    ) -> None:
+        """One MODIFY record: set each key to its encoded value, or delete it (None)."""
+        limit = self.max_value_bytes
         encoded: list[tuple[bytes, bytes | None]] = []
-        for key, value in items:
-            kb = rec.key_bytes(key)
-            vb = None if value is _MISSING else self._encode_value(value)
-            changes.append((key, vb))
-            encoded.append((kb, vb))
+        for key, vb in changes:
+            if vb is not None:
+                if type(vb) is not bytes:
+                    raise ValidationError(f"encoded value of {key!r} must be bytes")
+                if len(vb) > limit:
+                    raise self._too_large(vb)
+            encoded.append((rec.key_bytes(key), vb))
         st = handle._state
         record = rec.encode_modify(st.sid, clear, encoded)
         if len(record) > rec.MAX_PAYLOAD_BYTES:
