@@ -331,6 +331,7 @@ class Store:
         """
         self._closed = True
         self._lock = threading.Lock()
+        self._compact_lock = threading.Lock()
         self._log.forget()
         self._dirlock.release()
 
@@ -983,6 +984,7 @@ class Store:
         write, fsync, rename, directory fsync; older files are deleted only
         after that. Costs O(n) time and one pass of writes.
         """
+        self._check_open()  # before the compaction lock, which a forked child may find held
         with self._compact_lock:
             try:
                 return self._compact()
