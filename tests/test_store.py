@@ -576,3 +576,31 @@ def test_close_never_hangs_when_it_races_with_the_flusher(monkeypatch: pytest.Mo
     policy._thread.join(timeout=10)
     assert not policy._thread.is_alive(), "the flusher never saw close()"
     policy.close()
+
+
+def test_regenerate_with_a_new_owner(store_dir: str, clock: FakeClock) -> None:
+    """A login: new token, same data and expiry, and the session now listed under
+    its user; the old token and handles are dead, hooks say "regenerated", and a
+    reopen gives the same state (CREATE + DESTROY in one append)."""
+    seen: list[tuple[str, str | None, str]] = []
+    with walsess.open(store_dir, clock=clock) as store:
+        store.on_destroy(lambda info, reason: seen.append((info.ref, info.user, reason)))
+        s = store.create({"cart": [1]}, ttl=100, meta={"agent": "x"})
+        clock.advance(10)
+        new = store.regenerate(s.id, user="42")
+        assert store.get(s.id) is None and new.id != s.id
+        with pytest.raises(walsess.SessionNotFound):
+            s["cart"]
+        assert new.to_dict() == {"cart": [1]} and new.user == "42"
+        assert new.meta == {"agent": "x"} and new.ttl == 100
+        assert [i.ref for i in store.sessions_of("42")] == [new.ref]
+        assert seen == [(s.ref, None, "regenerated")]
+        again = store.regenerate(new.id, user="42")  # same owner: a CHANGE_ID
+        assert again.user == "42" and store.get(new.id) is None
+        with pytest.raises(walsess.ValidationError):
+            store.regenerate(again.id, user=42)
+        token = again.id
+    with walsess.open(store_dir, clock=clock) as store:
+        s2 = store.get(token)
+        assert s2 is not None and s2.to_dict() == {"cart": [1]} and s2.user == "42"
+        assert len(store) == 1 and [i.ref for i in store.sessions_of("42")] == [s2.ref]
