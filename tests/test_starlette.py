@@ -326,8 +326,15 @@ def test_cookie_among_others_and_split_cookie_headers(
     resp = client.get("/read", headers=raw)
     assert resp.json() == {"value": "1"}
     # A cookie whose name merely contains ours is not ours.
-    resp = client.get("/read", headers={"cookie": f"mysession={token}"})
+    resp = client.get("/read", headers={"cookie": f"mysession={token}; session_id=1"})
     assert resp.json() == {"value": None}
+    # Parsed as Starlette's cookie_parser does: spaces, the last duplicate, quotes.
+    for header in (
+        f" session = {token} ",
+        f"session=stale; session={token}",
+        f'session="{token}"',
+    ):
+        assert client.get("/read", headers={"cookie": header}).json() == {"value": "1"}, header
 
 
 # -- cookie attributes ---------------------------------------------------------------------------
@@ -340,6 +347,16 @@ def test_default_cookie_attributes(client: TestClient, store: walsess.Store) -> 
     handle = store.get(token)
     assert handle is not None and handle.ttl == DAY14  # max_age is the idle timeout
     assert resp.headers["vary"] == "Cookie"
+
+
+def test_vary_cookie_merges_with_the_apps_vary(store: walsess.Store) -> None:
+    async def negotiated(request: StarletteRequest) -> Response:
+        request.session.get("x")
+        return PlainTextResponse("hi", headers={"vary": "Accept-Encoding"})
+
+    with TestClient(make_app(store, routes=[Route("/n", negotiated)])) as c:
+        resp = c.get("/n")
+    assert resp.headers.get_list("vary") == ["Accept-Encoding, Cookie"]
 
 
 def test_configured_cookie_attributes(store: walsess.Store) -> None:

@@ -41,6 +41,7 @@ at the price of one thread hop per request that touches the session.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -141,20 +142,28 @@ class SessionMiddleware:
         self.security_flags = flags
         #: In "always" mode a commit waits for an fsync: run it off the event loop.
         self.offload = store.durability == "always"
-        self._cookie_bytes = session_cookie.encode("latin-1")
+        name = re.escape(session_cookie.encode("latin-1"))
+        self._find_cookie = re.compile(rb"(?:^|;)\s*" + name + rb"\s*=([^;]*)").findall
 
     # -- the connection's session ---------------------------------------------------------
 
     def _token(self, scope: Scope) -> str | None:
-        cookies = [v for k, v in scope["headers"] if k == b"cookie"]
-        if not cookies:
+        raw = None
+        for name, value in scope["headers"]:
+            if name == b"cookie":  # HTTP/2 clients may split cookies over several headers
+                raw = value if raw is None else raw + b"; " + value
+        if raw is None:
             return None
-        # A cheap test spares parsing the headers of requests without our cookie;
-        # HTTP/2 clients may split cookies over several headers.
-        raw = b"; ".join(cookies)
-        if self._cookie_bytes not in raw:
+        # A regex finds our cookie in a fraction of the time cookie_parser takes to
+        # parse them all (the last one wins, as there); values in quotes, which no
+        # client gives a token, go to cookie_parser to be unquoted the same way.
+        found: list[bytes] = self._find_cookie(raw)
+        if not found:
             return None
-        return cookie_parser(raw.decode("latin-1")).get(self.session_cookie)
+        token = found[-1].strip().decode("latin-1")
+        if token.startswith('"'):
+            return cookie_parser(raw.decode("latin-1")).get(self.session_cookie)
+        return token
 
     def _view(self, scope: Scope) -> RequestSession:
         meta_fn = self.meta
@@ -200,12 +209,11 @@ class SessionMiddleware:
                 started = True
                 if view.accessed:  # otherwise nothing was looked up: nothing to do
                     cookie = self._set_cookie(await self._commit(view))
-                    message.setdefault("headers", [])
-                    headers = MutableHeaders(scope=message)
+                    headers = message["headers"] = list(message.get("headers", ()))
                     if kind == "http":  # the response depends on the cookie: keep caches honest
-                        headers.add_vary_header("Cookie")
+                        _vary_on_cookie(headers)
                     if cookie is not None:
-                        headers.append("Set-Cookie", cookie)
+                        headers.append((b"set-cookie", cookie.encode("latin-1")))
             await send(message)
 
         if kind == "http":
@@ -223,6 +231,16 @@ class SessionMiddleware:
         # would be an orphan no request could ever reach.
         if view.accessed and view.handle is not None:
             await self._commit(view)
+
+
+def _vary_on_cookie(headers: list[tuple[bytes, bytes]]) -> None:
+    # Raw tuples: MutableHeaders costs microseconds a request; it is kept for
+    # the rare response that has a Vary header already, to merge the same way.
+    for name, _ in headers:
+        if name.lower() == b"vary":
+            MutableHeaders(raw=headers).add_vary_header("Cookie")
+            return
+    headers.append((b"vary", b"Cookie"))
 
 
 #: The messages that carry the response headers (a WebSocket's accept, or its
