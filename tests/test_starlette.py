@@ -598,6 +598,55 @@ def test_overlapping_sync_endpoints_in_fastapi_threads(
     assert reopen_data(store_dir, token, clock) == {"base": "1", "a": "A", "b": "B"}
 
 
+def test_request_racing_a_logout_does_not_resurrect_the_session(store: walsess.Store) -> None:
+    loaded = anyio.Event()
+    logged_out = anyio.Event()
+
+    async def slow_put(request: StarletteRequest) -> Response:
+        request.session.get("x")
+        loaded.set()
+        with anyio.fail_after(10):
+            await logged_out.wait()
+        request.session["late"] = "change"
+        return PlainTextResponse("ok")
+
+    app = make_app(store, routes=[*ROUTES, Route("/slow", slow_put, methods=["POST"])])
+
+    async def main() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            token, _ = the_cookie(await c.post("/put", params={"x": "1"}))
+
+            async def other_tab() -> None:
+                with anyio.fail_after(10):
+                    await loaded.wait()
+                await c.post("/logout", headers=cookie(token))
+                logged_out.set()
+
+            resp, _ = await asyncio.gather(c.post("/slow", headers=cookie(token)), other_tab())
+            return resp
+
+    resp = asyncio.run(main())
+    value, attrs = the_cookie(resp)  # the slow request tells its client it is logged out
+    assert value == "" and attrs["max-age"] == "0"
+    assert store.stats()["sessions"] == 0
+
+
+def test_unstorable_value_fails_the_request_and_saves_nothing(store: walsess.Store) -> None:
+    async def bad(request: StarletteRequest) -> Response:
+        request.session["ok"] = 1
+        request.session["bad"] = {1, 2}  # a set: not JSON
+        return PlainTextResponse("never sent")
+
+    before = appended(store)
+    app = make_app(store, routes=[Route("/bad", bad, methods=["POST"])])
+    with TestClient(app, raise_server_exceptions=False) as c:
+        resp = c.post("/bad")
+    assert resp.status_code == 500
+    assert set_cookies(resp) == []
+    assert store.stats()["sessions"] == 0 and appended(store) == before
+
+
 # -- FastAPI -------------------------------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ from starlette.requests import HTTPConnection, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
+from .errors import SessionNotFound
 from .request import Action, Outcome, RequestSession
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ __all__ = ["SessionMiddleware", "logout", "regenerate"]
 #: Where the middleware leaves itself in the scope, for :func:`regenerate` and :func:`logout`.
 _SCOPE_KEY = "walsess.starlette"
 _KEEP: Any = object()
+_INTERRUPTED = Outcome(Action.DELETE, interrupted=True)
 _EXPIRED = "Max-Age=0; expires=Thu, 01 Jan 1970 00:00:00 GMT; "
 
 
@@ -177,10 +179,17 @@ class SessionMiddleware:
 
     async def _commit(self, view: RequestSession) -> Outcome:
         ttl = self.max_age
-        if self.offload:
-            call = functools.partial(view.commit, ttl=ttl, refresh=ttl is not None)
-            return await anyio.to_thread.run_sync(call)
-        return view.commit(ttl=ttl, refresh=ttl is not None)
+        try:
+            if self.offload:
+                call = functools.partial(view.commit, ttl=ttl, refresh=ttl is not None)
+                return await anyio.to_thread.run_sync(call)
+            return view.commit(ttl=ttl, refresh=ttl is not None)
+        except SessionNotFound:
+            # Another request ended the session (a logout in another tab) while this
+            # one ran, and commit() read an attribute of its handle outside the guard
+            # that turns this into Outcome(DELETE, interrupted=True). Same answer here:
+            # nothing of this request is written, the client's cookie is deleted.
+            return _INTERRUPTED
 
     def _set_cookie(self, out: Outcome) -> str | None:
         name, path, flags = self.session_cookie, self.path, self.security_flags
