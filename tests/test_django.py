@@ -580,6 +580,21 @@ def test_save_writes_only_the_changed_keys(
     assert reopen().get(key) == {"a": 1, "b": [1, 2, 3]}
 
 
+def test_clear_deletes_only_the_keys_this_request_saw(django_store: walsess.Store) -> None:
+    first = SessionStore()
+    first["a"] = 1
+    first.save()
+    key = first.session_key
+    mine = SessionStore(key)
+    assert mine["a"] == 1  # loaded before the other request adds "b"
+    other = SessionStore(key)
+    other["b"] = 2
+    other.save()
+    mine.clear()
+    mine.save()
+    assert reopen().get(key) == {"b": 2}
+
+
 def test_clear_expired(django_store: walsess.Store, clock: ManualClock) -> None:
     keep = SessionStore()
     keep["foo"] = "bar"
@@ -596,11 +611,15 @@ def test_clear_expired(django_store: walsess.Store, clock: ManualClock) -> None:
     assert reopen().stats()["stored_sessions"] == 1
 
 
-def test_async_api(session: SessionStore) -> None:
+def test_async_api(session: SessionStore, clock: ManualClock) -> None:
     import asyncio
 
     async def run() -> tuple[str, Any]:
         await session.aset("a", 1)
+        await session.aset_expiry(timedelta(seconds=10))
+        clock.advance(4)
+        assert await session.aget_expiry_age() == 6
+        assert await session.aget_expiry_date() == SessionStore._now() + timedelta(seconds=6)
         await session.asave()
         key = session.session_key
         other = SessionStore(key)
@@ -647,6 +666,18 @@ def test_session_round_trip_and_no_record_for_an_unchanged_request(
         response = client.get("/read/a")
     assert response.cookies[COOKIE].value == token  # re-sent, and still nothing written
     assert appended(django_store) == before
+
+
+def test_save_every_request_gives_an_unknown_cookie_no_session(
+    django_store: walsess.Store,
+) -> None:
+    client = Client()
+    client.cookies[COOKIE] = "x" * 43
+    with override_settings(SESSION_SAVE_EVERY_REQUEST=True):
+        response = client.get("/noop")
+    assert response.cookies[COOKIE].value == ""  # deleted, not replaced
+    assert response.cookies[COOKIE]["max-age"] == 0
+    assert len(django_store) == 0
 
 
 def test_nested_mutation_is_saved(django_store: walsess.Store) -> None:

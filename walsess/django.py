@@ -356,6 +356,20 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         date: datetime = super().get_expiry_date(**kwargs)
         return date
 
+    async def aset_expiry(self, value: int | datetime | timedelta | None) -> None:
+        if isinstance(value, timedelta):
+            value = self._now() + value
+        await super().aset_expiry(value)
+
+    async def aget_expiry_age(self, **kwargs: Any) -> int:
+        kwargs.setdefault("modification", self._now())
+        return int(await super().aget_expiry_age(**kwargs))
+
+    async def aget_expiry_date(self, **kwargs: Any) -> datetime:
+        kwargs.setdefault("modification", self._now())
+        date: datetime = await super().aget_expiry_date(**kwargs)
+        return date
+
     @staticmethod
     def _now() -> datetime:
         """The store's clock as ``django.utils.timezone.now()`` would give it."""
