@@ -160,6 +160,10 @@ def test_destroy_deletes_cookie_and_later_data_goes_to_a_new_session(
     assert store.get(s.id) is None and len(view) == 0
     assert view.commit().action is Action.DELETE
 
+    cookieless = RequestSession(store, None)
+    cookieless.destroy()  # a logout from a client with no cookie: nothing to delete
+    assert cookieless.commit().action is Action.NONE
+
     s2 = store.create({"user": "bob"})
     view = RequestSession(store, s2.id)
     view.destroy()
@@ -169,12 +173,19 @@ def test_destroy_deletes_cookie_and_later_data_goes_to_a_new_session(
     assert stored(store, out.token or "") == {"flash": "logged out"}
 
 
-def test_commit_after_a_logout_elsewhere_drops_changes(store: walsess.Store) -> None:
+@pytest.mark.parametrize("ttl", [None, 50.0])
+@pytest.mark.parametrize("change", [True, False])
+def test_commit_after_a_logout_elsewhere_drops_changes(
+    store: walsess.Store, ttl: float | None, change: bool
+) -> None:
     s = store.create({"user": "ann"})
     view = RequestSession(store, s.id)
-    view["cart"] = [1]
+    if change:
+        view["cart"] = [1]
+    else:
+        assert view["user"] == "ann"
     store.destroy(s.id)  # another request logged out meanwhile
-    out = view.commit()
+    out = view.commit(ttl=ttl, refresh=True)
     assert out.action is Action.DELETE and out.interrupted
     assert len(store) == 0  # the logged-out session is not brought back
 

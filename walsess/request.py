@@ -165,6 +165,11 @@ class RequestSession(MutableMapping[str, Any]):
         return self._data
 
     @property
+    def store(self) -> Store:
+        """The store this view reads and writes."""
+        return self._store
+
+    @property
     def accessed(self) -> bool:
         """True once the application touched the session (and it was looked up)."""
         return self._loaded
@@ -306,7 +311,8 @@ class RequestSession(MutableMapping[str, Any]):
         handle = self._handle
         if handle is None:
             if not self._data:
-                return Outcome(Action.DELETE) if self._destroyed else _NOTHING
+                # Logged out: delete the cookie, if the client sent one.
+                return Outcome(Action.DELETE) if self._destroyed and self._token else _NOTHING
             # A new session: never under the client's token (no fixation).
             meta = None if self._meta is None else self._meta()
             user = None if self._user is _KEEP else self._user
@@ -317,12 +323,13 @@ class RequestSession(MutableMapping[str, Any]):
             self._destroyed = False
             return self._cookie(handle)
         changes = self.changes()
-        retimed = ttl is not None and ttl != handle.ttl
         try:
+            retimed = ttl is not None and ttl != handle.ttl
             if changes:
                 handle.write_encoded(changes)
             if retimed:
                 store.touch(handle.id, ttl)
+            cookie = self._cookie(handle) if self._regenerated or retimed or refresh else _NOTHING
         except SessionNotFound:
             # Another request destroyed it (a logout elsewhere): writing now
             # would bring back a session its user ended.
@@ -339,9 +346,7 @@ class RequestSession(MutableMapping[str, Any]):
                 del raw[key]
             else:
                 raw[key] = vb
-        if self._regenerated or retimed or refresh:
-            return self._cookie(handle)
-        return _NOTHING
+        return cookie
 
     def _values(self) -> dict[str, Any]:
         decode = self._store.codec.decode
@@ -355,5 +360,5 @@ class RequestSession(MutableMapping[str, Any]):
             Action.SET,
             token=handle.id,
             expires_at=expires_at,
-            max_age=max(0, int(expires_at - now)),
+            max_age=max(0, round(expires_at - now)),
         )
