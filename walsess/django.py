@@ -348,7 +348,12 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         super().set_expiry(value)
 
     def get_expiry_age(self, **kwargs: Any) -> int:
-        kwargs.setdefault("modification", self._now())
+        if "expiry" not in kwargs:
+            kwargs["expiry"] = self.get(_EXPIRY)
+        if "modification" not in kwargs:
+            # Only an expiry at a fixed time needs the clock (the common case doesn't).
+            fixed = isinstance(kwargs["expiry"], (datetime, str))
+            kwargs["modification"] = self._now() if fixed else None
         return int(super().get_expiry_age(**kwargs))
 
     def get_expiry_date(self, **kwargs: Any) -> datetime:
