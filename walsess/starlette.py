@@ -51,7 +51,6 @@ from starlette.requests import HTTPConnection, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
-from .errors import SessionNotFound
 from .request import Action, Outcome, RequestSession
 
 if TYPE_CHECKING:
@@ -59,10 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SessionMiddleware", "logout", "regenerate"]
 
-#: Where the middleware leaves itself in the scope, for :func:`regenerate` and :func:`logout`.
-_SCOPE_KEY = "walsess.starlette"
 _KEEP: Any = object()
-_INTERRUPTED = Outcome(Action.DELETE, interrupted=True)
 _EXPIRED = "Max-Age=0; expires=Thu, 01 Jan 1970 00:00:00 GMT; "
 
 
@@ -179,17 +175,10 @@ class SessionMiddleware:
 
     async def _commit(self, view: RequestSession) -> Outcome:
         ttl = self.max_age
-        try:
-            if self.offload:
-                call = functools.partial(view.commit, ttl=ttl, refresh=ttl is not None)
-                return await anyio.to_thread.run_sync(call)
-            return view.commit(ttl=ttl, refresh=ttl is not None)
-        except SessionNotFound:
-            # Another request ended the session (a logout in another tab) while this
-            # one ran, and commit() read an attribute of its handle outside the guard
-            # that turns this into Outcome(DELETE, interrupted=True). Same answer here:
-            # nothing of this request is written, the client's cookie is deleted.
-            return _INTERRUPTED
+        if self.offload:
+            call = functools.partial(view.commit, ttl=ttl, refresh=ttl is not None)
+            return await anyio.to_thread.run_sync(call)
+        return view.commit(ttl=ttl, refresh=ttl is not None)
 
     def _set_cookie(self, out: Outcome) -> str | None:
         name, path, flags = self.session_cookie, self.path, self.security_flags
@@ -209,7 +198,6 @@ class SessionMiddleware:
             return
         view = self._view(scope)
         scope["session"] = view
-        scope[_SCOPE_KEY] = self
         started = False
 
         async def send_wrapper(message: Message) -> None:
@@ -259,15 +247,19 @@ _HEADERS_MESSAGES = frozenset(
 )
 
 
-def _session_of(conn: HTTPConnection) -> tuple[RequestSession, SessionMiddleware]:
+async def _run(conn: HTTPConnection, call: Callable[[RequestSession], object]) -> None:
+    """Run ``call(session)`` (a store call) off the event loop in "always" mode,
+    where it waits for an fsync; inline (microseconds) otherwise."""
     view = conn.scope.get("session")
-    mw = conn.scope.get(_SCOPE_KEY)
-    if not isinstance(view, RequestSession) or not isinstance(mw, SessionMiddleware):
+    if not isinstance(view, RequestSession):
         raise RuntimeError(
             "walsess.starlette.SessionMiddleware is not installed on this application:"
             " add it with app.add_middleware(SessionMiddleware, store=store)"
         )
-    return view, mw
+    if view.store.durability == "always":
+        await anyio.to_thread.run_sync(call, view)
+    else:
+        call(view)
 
 
 async def regenerate(conn: HTTPConnection, *, user: Any = _KEEP) -> None:
@@ -291,12 +283,10 @@ async def regenerate(conn: HTTPConnection, *, user: Any = _KEEP) -> None:
     In a sync (``def``) endpoint, which Starlette already runs in a thread,
     ``request.session.regenerate(user=...)`` does the same.
     """
-    view, mw = _session_of(conn)
-    call = view.regenerate if user is _KEEP else functools.partial(view.regenerate, user=user)
-    if mw.offload:
-        await anyio.to_thread.run_sync(call)
+    if user is _KEEP:
+        await _run(conn, RequestSession.regenerate)
     else:
-        call()
+        await _run(conn, lambda view: view.regenerate(user=user))
 
 
 async def logout(conn: HTTPConnection) -> None:
@@ -312,8 +302,4 @@ async def logout(conn: HTTPConnection) -> None:
 
     In a sync (``def``) endpoint, ``request.session.destroy()`` does the same.
     """
-    view, mw = _session_of(conn)
-    if mw.offload:
-        await anyio.to_thread.run_sync(view.destroy)
-    else:
-        view.destroy()
+    await _run(conn, RequestSession.destroy)
