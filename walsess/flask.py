@@ -56,6 +56,11 @@ values read or set at the end of the request (a few microseconds in
 ``"interval"`` mode; ``"always"`` mode adds the wait for an fsync of a
 change). Deploy as one process with threads (``gunicorn -w 1 --threads 8``,
 or any threaded WSGI server): the store belongs to the process that opened it.
+Flask's reloader (``flask run --debug``) loads the application in a watcher
+process too, so the server's ``walsess.open`` raises
+:class:`walsess.LockedError`: run ``flask run --debug --no-reload``, or open
+the store only where it serves (``if not app.debug or
+werkzeug.serving.is_running_from_reloader()``).
 """
 
 from __future__ import annotations
