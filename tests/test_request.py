@@ -46,7 +46,7 @@ def test_untouched_view_does_no_lookup_and_no_write(store: walsess.Store, clock:
     before = records(store)
     view = RequestSession(store, s.id)
     assert view.commit() == walsess.request.Outcome(Action.NONE)
-    assert not view.accessed
+    assert not view.loaded
     clock.advance(20)
     assert store.get(s.id) is None  # nobody extended it
     assert records(store) == before

@@ -219,7 +219,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         if self._modified:
             return True
         view = self._view()
-        if view is None or not view.accessed:
+        if view is None or not view.loaded:
             return False
         return view.changes() != self._acknowledged
 
@@ -228,7 +228,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         self._modified = bool(value)
         if not value:
             view = self._view()
-            self._acknowledged = view.changes() if view is not None and view.accessed else {}
+            self._acknowledged = view.changes() if view is not None and view.loaded else {}
 
     # -- Django's API ------------------------------------------------------------------
 

@@ -118,13 +118,8 @@ class FlaskSession(RequestSession, SessionMixin):
         self._marked = False
 
     @property
-    def loaded(self) -> bool:
-        """True once the session was looked up (the application touched its data)."""
-        return super().accessed
-
-    @property
     def accessed(self) -> bool:
-        return self._used or super().accessed
+        return self._used or self.loaded
 
     @accessed.setter
     def accessed(self, value: bool) -> None:

@@ -33,7 +33,9 @@ class DirectoryLock:
                 f"{self.path} is locked: the store is open in another process or in"
                 " another walsess.open() of this process. A store belongs to one process:"
                 " run one worker process with threads (gunicorn -w 1 --threads N, a single"
-                " uvicorn worker), or use a store shared between processes"
+                " uvicorn worker), or use a store shared between processes. A development"
+                " server's reloader counts as a second process when it imports the app in"
+                " its watcher too (flask run --debug: add --no-reload)"
             ) from None
         except BaseException:
             fs.close(fd)

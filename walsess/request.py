@@ -170,7 +170,7 @@ class RequestSession(MutableMapping[str, Any]):
         return self._store
 
     @property
-    def accessed(self) -> bool:
+    def loaded(self) -> bool:
         """True once the application touched the session (and it was looked up)."""
         return self._loaded
 

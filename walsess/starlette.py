@@ -204,7 +204,7 @@ class SessionMiddleware:
             nonlocal started
             if not started and message["type"] in _HEADERS_MESSAGES:
                 started = True
-                if view.accessed:  # otherwise nothing was looked up: nothing to do
+                if view.loaded:  # otherwise nothing was looked up: nothing to do
                     cookie = self._set_cookie(await self._commit(view))
                     headers = message["headers"] = list(message.get("headers", ()))
                     if kind == "http":  # the response depends on the cookie: keep caches honest
@@ -226,7 +226,7 @@ class SessionMiddleware:
     async def _commit_after_accept(self, view: RequestSession) -> None:
         # Only to a session the client already holds the cookie of: a new one
         # would be an orphan no request could ever reach.
-        if view.accessed and view.handle is not None:
+        if view.loaded and view.handle is not None:
             await self._commit(view)
 
 
