@@ -10,7 +10,7 @@ directory.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -133,15 +133,6 @@ def make_app(store: walsess.Store, **config: Any) -> Flask:
         return "cleared"
 
     return app
-
-
-@pytest.fixture
-def store(store_dir: str, clock: ManualClock) -> Iterator[walsess.Store]:
-    s = walsess.open(store_dir, clock=clock, cleanup_interval=None)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture

@@ -146,15 +146,6 @@ def make_app(store: walsess.Store, routes: list[Any] | None = None, **options: A
 
 
 @pytest.fixture
-def store(store_dir: str, clock: ManualClock) -> Iterator[walsess.Store]:
-    s = walsess.open(store_dir, clock=clock, cleanup_interval=None)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
 def client(store: walsess.Store) -> Iterator[TestClient]:
     with TestClient(make_app(store)) as c:
         yield c
