@@ -38,6 +38,7 @@ from typing import Any, TextIO
 import walsess
 
 from ..cli import Progress
+from . import web
 from .peers import BASELINE, DURABLE_BASELINE, FLOORS, PEERS, PIP_HINT, PeerSpec, peer_names
 from .workloads import (
     ALIASES,
@@ -102,10 +103,13 @@ def _only(text: str) -> tuple[frozenset[str], frozenset[str]]:
             works.add(name)
         elif name in ALIASES:
             works.update(ALIASES[name])
+        elif name in web.SELECTORS:
+            works.add(name)  # the per-request web rows (walsess.benchmark.web)
         else:
             raise argparse.ArgumentTypeError(
                 f"unknown name {name!r}: peers are {', '.join(peer_names())};"
-                f" workloads are {', '.join([*(w.name for w in WORKLOADS), *ALIASES])}"
+                f" workloads are {', '.join([*(w.name for w in WORKLOADS), *ALIASES])};"
+                f" web rows: {', '.join(sorted(web.SELECTORS))}"
             )
     return frozenset(peers), frozenset(works)
 
@@ -157,7 +161,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         + ", ".join(peer_names())
         + ". Workloads: "
         + ", ".join(w.name for w in WORKLOADS)
-        + " (durable: both durable-set)",
+        + " (durable: both durable-set). Web requests through Flask, Django, Starlette: web,"
+        " or one framework: web-flask, web-django, web-starlette",
     )
     p.add_argument(
         "--json",
@@ -545,8 +550,13 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.scale is not None:
         s = tiny(args.scale, s.mode)
     only_peers, only_works = args.only
-    specs = [p for p in PEERS if not only_peers or p.name in only_peers]
-    works = [w for w in WORKLOADS if not only_works or w.name in only_works]
+    only_web = only_works & web.SELECTORS
+    only_works -= only_web
+    core = not only_web or bool(only_peers or only_works)
+    web_rows = web.select(only_web) if only_web or not (only_peers or only_works) else []
+    ws = web.settings_for(s.mode, args.scale)
+    specs = [p for p in PEERS if core and (not only_peers or p.name in only_peers)]
+    works = [w for w in WORKLOADS if core and (not only_works or w.name in only_works)]
     skipped: list[tuple[PeerSpec, str]] = []
     rows: list[PeerSpec] = []
     for spec in specs:
@@ -559,7 +569,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     results = Results()
-    progress = Progress(_step_count(rows, works, s), "walsess bench")
+    steps = _step_count(rows, works, s) + web.step_count(web_rows, ws)
+    progress = Progress(steps, "walsess bench")
     parent = args.workdir
     if parent is not None:
         os.makedirs(parent, exist_ok=True)
@@ -568,6 +579,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             fs = _filesystem(workdir)
             run_live(rows, works, s, workdir, results, progress)
             run_footprints(rows, works, s, workdir, results, progress)
+            web_results = web.run(os.path.join(workdir, "web"), ws, web_rows, progress)
     except KeyboardInterrupt:
         progress.finish()
         sys.stderr.write("walsess bench: interrupted; stores closed and removed\n")
@@ -593,10 +605,16 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         f" {os.cpu_count()} CPUs, load {load_before[0]:.2f} -> {load_after[0]:.2f},"
         f" stores on {fs or '?'}; {seconds:.0f} s"
     )
+    results.errors.extend(web_results.errors)
     lines = format_report(results, rows, works, skipped, s, head)
+    if web_rows:  # after the other tables, before the FAILED lines
+        at = len(lines) - (len(results.errors) + 1 if results.errors else 0)
+        lines[at:at] = web.format_report(web_results)
     if fs in ("tmpfs", "ramfs"):
         lines.insert(1, f"note: the stores were on {fs}, where fsync does nothing: use --workdir")
     doc = to_json(results, rows, works, skipped, s, meta)
+    if web_rows:
+        doc["web"] = web.to_json(web_results)
     with open(args.json, "w") as f:
         json.dump(doc, f, indent=2)
         f.write("\n")
