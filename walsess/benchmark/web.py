@@ -898,7 +898,7 @@ def time_requests(run: Callable[[int], None], min_time: float) -> tuple[int, flo
         if elapsed >= min_time:
             return calls, elapsed
         left = (min_time - elapsed) / max(elapsed, 1e-9) * calls
-        batch = max(1, min(batch * 2, int(left / 2)))
+        batch = max(1, min(batch * 2, int(left / 2), 1 << 20))
 
 
 # -- results ------------------------------------------------------------------------------
