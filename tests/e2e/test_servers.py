@@ -64,8 +64,14 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         return server
 
     yield make
-    for server in started:
-        server.stop()
+    errors = []
+    for server in started:  # every one, even if stopping another failed
+        try:
+            server.stop()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 # -- clients ------------------------------------------------------------------------------
@@ -85,13 +91,13 @@ class User:
     failures: list[str] = field(default_factory=list)
 
 
-def token(user: User, fw: Framework) -> str | None:
-    return user.cookies.get(fw.cookie)
+def token(cookies: httpx.Cookies, fw: Framework) -> str | None:
+    return cookies.get(fw.cookie)
 
 
 def act(client: httpx.Client, user: User, fw: Framework, op: str, params: dict[str, str]) -> None:
     """Send one request; if it is acknowledged (200), apply it to the user's model."""
-    before = token(user, fw)
+    before = token(client.cookies, fw)
     try:
         resp = client.post(f"/{op}", params=params)
     except httpx.HTTPError as exc:
@@ -100,7 +106,6 @@ def act(client: httpx.Client, user: User, fw: Framework, op: str, params: dict[s
     if resp.status_code != 200:
         user.failures.append(f"{user.name} {op} {params}: {resp.status_code} {resp.text[:200]}")
         return
-    user.cookies = client.cookies  # the same jar; kept for reading after the run
     if op == "set":
         user.expected[params["key"]] = params["value"]
     elif op == "append":
@@ -109,13 +114,13 @@ def act(client: httpx.Client, user: User, fw: Framework, op: str, params: dict[s
         user.expected["user"] = params["user"]
         assert before is not None
         user.dead_tokens.append(before)
-        if token(user, fw) in (None, before):
+        if token(client.cookies, fw) in (None, before):
             user.failures.append(f"{user.name} login: the token did not change ({before})")
     elif op == "logout":
         user.expected.clear()
         assert before is not None
         user.dead_tokens.append(before)
-        if token(user, fw) is not None:
+        if token(client.cookies, fw) is not None:
             user.failures.append(f"{user.name} logout: the cookie was not deleted")
 
 
@@ -212,7 +217,7 @@ def test_concurrent_clients_survive_sigkill(
     assert not any(t.is_alive() for t in threads), server.explain("clients still running")
     failures = [f for u in own + sharing for f in u.failures]
     assert not failures, server.explain("\n".join(failures))
-    shared_token_now = {token(u, fw) for u in sharing}
+    shared_token_now = {token(u.cookies, fw) for u in sharing}
     assert shared_token_now == {shared_token}, "the sharing clients' token changed"
 
     shared_expected: dict[str, Any] = {"shared": "yes"}
