@@ -347,3 +347,22 @@ class InterleavedRequests(RuleBasedStateMachine):
 
 
 TestInterleavedRequests = InterleavedRequests.TestCase
+
+
+@pytest.mark.parametrize(
+    ("header", "values"),
+    [
+        ("", []),
+        ("session=abc", ["abc"]),
+        ("a=1; session=tok; b=2", ["tok"]),
+        (" session = x ;session=y", ["x", "y"]),
+        ("xsession=1; session_id=2; session=3", ["3"]),
+        ("session=", [""]),
+        ('session="quoted"', ["quoted"]),
+        ('session="', ['"']),
+        ("a=1", []),
+    ],
+)
+def test_cookie_finder(header: str, values: list[str]) -> None:
+    assert walsess.request.cookie_finder("session")(header) == values
+    assert walsess.request.cookie_finder("a.b")("axb=1; a.b=2") == ["2"]  # the name is literal

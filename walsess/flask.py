@@ -73,7 +73,7 @@ import flask
 from flask.sessions import SessionInterface, SessionMixin
 
 from .codec import PickleCodec
-from .request import Action, RequestSession
+from .request import Action, RequestSession, cookie_finder
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
@@ -164,6 +164,7 @@ class WalsessSessionInterface(SessionInterface):
     ) -> None:
         self.store = store
         self.meta = meta
+        self._finders: dict[str, Callable[[str], list[str]]] = {}
         # Extensions read this to know whether values round-trip Python objects.
         self.pickle_based = isinstance(store.codec, PickleCodec)
 
@@ -196,7 +197,14 @@ class WalsessSessionInterface(SessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
         """The request's session; nothing is looked up until the application uses it."""
-        token = request.cookies.get(self.get_cookie_name(app)) or None
+        name = self.get_cookie_name(app)
+        finder = self._finders.get(name)
+        if finder is None:
+            finder = self._finders[name] = cookie_finder(name)
+        # The first, as request.cookies.get() would give; found without parsing
+        # every cookie the request carries.
+        found = finder(request.environ.get("HTTP_COOKIE", ""))
+        token = found[0] if found and found[0] else None
         meta_fn = self.meta
         meta: Callable[[], Mapping[str, Any] | None] | None = None
         if meta_fn is not None:
@@ -218,7 +226,7 @@ class WalsessSessionInterface(SessionInterface):
                 " from WalsessSessionInterface.open_session"
             )
         if session.accessed:
-            response.vary.add("Cookie")
+            _vary_on_cookie(response)
         if not session.loaded:  # never looked up: nothing can have changed
             return
         permanent = session.permanent
@@ -243,7 +251,7 @@ class WalsessSessionInterface(SessionInterface):
         partitioned = getattr(self, "get_cookie_partitioned", None)
         if partitioned is not None and partitioned(app):
             attrs["partitioned"] = True
-        response.vary.add("Cookie")
+        _vary_on_cookie(response)
         if out.action is Action.DELETE:
             response.delete_cookie(name, **attrs)
             return
@@ -253,6 +261,16 @@ class WalsessSessionInterface(SessionInterface):
             attrs["expires"] = expires
             attrs["max_age"] = out.max_age
         response.set_cookie(name, out.token, **attrs)
+
+
+def _vary_on_cookie(response: Response) -> None:
+    # response.vary.add() parses and rebuilds the header through a HeaderSet,
+    # several microseconds a request; most responses have no Vary yet.
+    headers = response.headers
+    if "Vary" in headers:
+        response.vary.add("Cookie")
+    else:
+        headers["Vary"] = "Cookie"
 
 
 def init_app(

@@ -41,17 +41,16 @@ at the price of one thread hop per request that touches the session.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.to_thread
 from starlette.datastructures import MutableHeaders
-from starlette.requests import HTTPConnection, cookie_parser
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
-from .request import Action, Outcome, RequestSession
+from .request import Action, Outcome, RequestSession, cookie_finder
 
 if TYPE_CHECKING:
     from .store import Store
@@ -140,8 +139,7 @@ class SessionMiddleware:
         self.security_flags = flags
         #: In "always" mode a commit waits for an fsync: run it off the event loop.
         self.offload = store.durability == "always"
-        name = re.escape(session_cookie.encode("latin-1"))
-        self._find_cookie = re.compile(rb"(?:^|;)\s*" + name + rb"\s*=([^;]*)").findall
+        self._find_cookie = cookie_finder(session_cookie)
 
     # -- the connection's session ---------------------------------------------------------
 
@@ -152,16 +150,9 @@ class SessionMiddleware:
                 raw = value if raw is None else raw + b"; " + value
         if raw is None:
             return None
-        # A regex finds our cookie in a fraction of the time cookie_parser takes to
-        # parse them all (the last one wins, as there); values in quotes, which no
-        # client gives a token, go to cookie_parser to be unquoted the same way.
-        found: list[bytes] = self._find_cookie(raw)
-        if not found:
-            return None
-        token = found[-1].strip().decode("latin-1")
-        if token.startswith('"'):
-            return cookie_parser(raw.decode("latin-1")).get(self.session_cookie)
-        return token
+        # The last one wins, as with Starlette's cookie_parser.
+        found = self._find_cookie(raw.decode("latin-1"))
+        return found[-1] if found else None
 
     def _view(self, scope: Scope) -> RequestSession:
         meta_fn = self.meta
