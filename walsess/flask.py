@@ -73,7 +73,7 @@ import flask
 from flask.sessions import SessionInterface, SessionMixin
 
 from .codec import PickleCodec
-from .request import Action, RequestSession, cookie_finder
+from .request import _KEEP, Action, RequestSession, cookie_finder
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
@@ -81,8 +81,6 @@ if TYPE_CHECKING:
     from .store import Store
 
 __all__ = ["FlaskSession", "WalsessSessionInterface", "init_app", "logout", "regenerate"]
-
-_KEEP: Any = object()
 
 
 class FlaskSession(RequestSession, SessionMixin):
@@ -327,11 +325,7 @@ def regenerate(*, user: Any = _KEEP) -> None:
             walsess.flask.regenerate(user=str(user.id))
             session["user_id"] = user.id
     """
-    view = _current()
-    if user is _KEEP:
-        view.regenerate()
-    else:
-        view.regenerate(user=user)
+    _current().regenerate(user=user)
 
 
 def logout() -> None:

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import SessionNotFound, ValidationError
+from .session import _MISSING
 
 if TYPE_CHECKING:
     from .session import Session
@@ -68,9 +69,10 @@ __all__ = ["Action", "Outcome", "RequestSession", "cookie_finder"]
 
 log = logging.getLogger("walsess")
 
+#: "No user given" to regenerate: the same default as Store.regenerate's, passed through.
+_KEEP: Any = _MISSING
 #: A key loaded from the store whose value this request has not decoded yet.
 _UNREAD: Any = object()
-_KEEP: Any = object()
 
 
 class Action(enum.Enum):
@@ -272,10 +274,7 @@ class RequestSession(MutableMapping[str, Any]):
             self._user = user
         handle = self._handle
         if handle is not None:
-            if user is _KEEP:
-                self._handle = self._store.regenerate(handle.id)
-            else:
-                self._handle = self._store.regenerate(handle.id, user=user)
+            self._handle = self._store.regenerate(handle.id, user=user)
         self._regenerated = True
 
     def destroy(self) -> None:

@@ -50,14 +50,13 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
-from .request import Action, Outcome, RequestSession, cookie_finder
+from .request import _KEEP, Action, Outcome, RequestSession, cookie_finder
 
 if TYPE_CHECKING:
     from .store import Store
 
 __all__ = ["SessionMiddleware", "logout", "regenerate"]
 
-_KEEP: Any = object()
 _EXPIRED = "Max-Age=0; expires=Thu, 01 Jan 1970 00:00:00 GMT; "
 
 
@@ -274,10 +273,7 @@ async def regenerate(conn: HTTPConnection, *, user: Any = _KEEP) -> None:
     In a sync (``def``) endpoint, which Starlette already runs in a thread,
     ``request.session.regenerate(user=...)`` does the same.
     """
-    if user is _KEEP:
-        await _run(conn, RequestSession.regenerate)
-    else:
-        await _run(conn, lambda view: view.regenerate(user=user))
+    await _run(conn, lambda view: view.regenerate(user=user))
 
 
 async def logout(conn: HTTPConnection) -> None:
