@@ -54,6 +54,19 @@ def store(store_dir: str, clock: FakeClock) -> Iterator[walsess.Store]:
         s.close()
 
 
+def parse_cookie(header: str) -> tuple[str, str, dict[str, str]]:
+    """A ``Set-Cookie`` header as (name, value, attributes with lower-cased names;
+    flags map to ""), for the integrations' tests."""
+    first, *rest = (part.strip() for part in header.split(";"))
+    name, _, value = first.partition("=")
+    attrs: dict[str, str] = {}
+    for part in rest:
+        if part:
+            k, _, v = part.partition("=")
+            attrs[k.strip().lower()] = v.strip()
+    return name, value, attrs
+
+
 def start_child(
     code: str, *args: str, timeout: float = 30.0
 ) -> tuple[subprocess.Popen[bytes], threading.Timer]:

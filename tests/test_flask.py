@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from conftest import parse_cookie
 from flask import Flask, flash, get_flashed_messages, jsonify, request, session
 from flask.testing import FlaskClient
 from werkzeug.http import parse_date
@@ -30,18 +31,6 @@ DAY31 = 31 * 24 * 60 * 60  # Flask's default PERMANENT_SESSION_LIFETIME
 DEFAULT_TTL = 1800.0  # walsess.open's default_ttl
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def parse_cookie(header: str) -> tuple[str, str, dict[str, str]]:
-    """(name, value, attributes with lower-cased names; flags map to "")."""
-    first, *rest = (part.strip() for part in header.split(";"))
-    name, _, value = first.partition("=")
-    attrs: dict[str, str] = {}
-    for part in rest:
-        if part:
-            k, _, v = part.partition("=")
-            attrs[k.strip().lower()] = v.strip()
-    return name, value, attrs
 
 
 def set_cookies(resp: TestResponse) -> list[str]:

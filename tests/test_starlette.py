@@ -18,6 +18,7 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
+from conftest import parse_cookie
 from fastapi import FastAPI, Request
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
@@ -39,18 +40,6 @@ DAY14 = 14 * 24 * 60 * 60
 
 def set_cookies(resp: httpx.Response) -> list[str]:
     return resp.headers.get_list("set-cookie")
-
-
-def parse_cookie(header: str) -> tuple[str, str, dict[str, str]]:
-    """(name, value, attributes with lower-cased names; flags map to "")."""
-    first, *rest = (part.strip() for part in header.split(";"))
-    name, _, value = first.partition("=")
-    attrs: dict[str, str] = {}
-    for part in rest:
-        if part:
-            k, _, v = part.partition("=")
-            attrs[k.strip().lower()] = v.strip()
-    return name, value, attrs
 
 
 def the_cookie(resp: httpx.Response, name: str = "session") -> tuple[str, dict[str, str]]:
