@@ -604,3 +604,142 @@ def test_regenerate_with_a_new_owner(store_dir: str, clock: FakeClock) -> None:
         s2 = store.get(token)
         assert s2 is not None and s2.to_dict() == {"cart": [1]} and s2.user == "42"
         assert len(store) == 1 and [i.ref for i in store.sessions_of("42")] == [s2.ref]
+
+
+# -- issue 10 regressions ---------------------------------------------------------------
+
+
+def test_store_stays_in_its_directory_after_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    """A relative path is bound at open: a daemon's chdir("/") must not send
+    compaction's files (and the next writes) to another directory."""
+    home, elsewhere = tmp_path / "a", tmp_path / "b"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(home)
+    store = walsess.open("s", clock=clock, cleanup_interval=None)
+    first = store.create({"n": 1})
+    monkeypatch.chdir(elsewhere)
+    store.compact()
+    second = store.create({"n": 2})
+    first["n"] = 3
+    store.close()
+    assert not (elsewhere / "s").exists()
+    with walsess.open(str(home / "s"), clock=clock) as again:
+        assert again.get(first.id).to_dict() == {"n": 3}  # type: ignore[union-attr]
+        assert again.get(second.id).to_dict() == {"n": 2}  # type: ignore[union-attr]
+    assert store.path == str(home / "s")
+
+
+@pytest.mark.parametrize("how", ["destroy", "regenerate", "regenerate_user", "gc", "destroy_user"])
+def test_a_hook_whose_info_cannot_be_decoded_changes_nothing(
+    store_dir: str, clock: FakeClock, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Decoding a destroyed session's data for its hooks can fail (a value that
+    encoded but no longer decodes). The change is logged and applied all the
+    same, the failure is logged, and gc does not write the DESTROY again."""
+    seen: list[str] = []
+    with walsess.open(store_dir, clock=clock, cleanup_interval=None) as store:
+        store.on_destroy(lambda info, reason: seen.append(info.ref))
+        s = store.create({"ok": 1}, user="u", ttl=10)
+        s.write_encoded({"broken": b"{not json"})
+        healthy = store.create({"ok": 2}, ttl=10)
+        token = s.id
+        if how == "destroy":
+            assert store.destroy(token)
+        elif how == "regenerate":
+            new = store.regenerate(token)
+            assert store.get(new.id) is not None
+        elif how == "regenerate_user":
+            new = store.regenerate(token, user="v")
+            assert store.get(new.id) is not None
+        elif how == "destroy_user":
+            assert store.destroy_user("u") == 1
+        else:
+            clock.advance(11)
+            assert store.gc() == 2
+            records = store.stats()["records_appended"]
+            assert store.gc() == 0 and store.stats()["records_appended"] == records
+        assert store.get(token) is None  # the old token is dead in memory too
+        assert seen == ([healthy.ref] if how == "gc" else [])  # the healthy one's hook ran
+        assert "could not be decoded" in caplog.text
+    with walsess.open(store_dir, clock=clock) as again:
+        assert again.get(token) is None  # memory agreed with the log
+
+
+def test_reads_never_undo_a_concurrent_touch(store_dir: str, clock: FakeClock) -> None:
+    """Every change to a session's state is computed under the lock: after the
+    calls return, memory and what a reopen gives agree (within the touch
+    granularity). Before, a get() that had read the old ttl could put back a
+    1000 s deadline after touch(ttl=10) logged 10 s."""
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for _ in range(5):
+            with walsess.open(store_dir, clock=clock, cleanup_interval=None) as store:
+                s = store.create({"a": 1}, ttl=1000)
+                token = s.id
+                stop = threading.Event()
+
+                def read(store: walsess.Store, token: str, stop: threading.Event) -> None:
+                    while not stop.is_set():
+                        store.get(token)
+
+                readers = [
+                    threading.Thread(target=read, args=(store, token, stop)) for _ in range(3)
+                ]
+                for t in readers:
+                    t.start()
+                for i in range(300):
+                    clock.advance(0.5)
+                    store.touch(token, ttl=10 if i % 2 else 1000)
+                stop.set()
+                for t in readers:
+                    t.join()
+                live = store.get(token, wait=True)
+                assert live is not None
+                memory = (live.ttl, live.expires_at)
+            with walsess.open(store_dir, clock=clock, cleanup_interval=None) as again:
+                reopened = again.get(token)
+                assert reopened is not None
+                assert reopened.ttl == memory[0]
+                granularity = min(60.0, memory[0] / 10)
+                assert memory[1] - granularity <= reopened.expires_at <= memory[1]
+            clock.advance(2000)
+    finally:
+        sys.setswitchinterval(old_interval)
+
+
+def test_a_read_racing_touch_cannot_put_back_the_old_ttl(store_dir: str, clock: FakeClock) -> None:
+    """The interleaving of issue 10's defect 5, made deterministic: the reader is
+    stopped (by the ttl it reads) after deciding to extend the deadline in memory
+    and before doing it, while touch(ttl=10) runs. Before the fix the reader then
+    put back the deadline of the old ttl, in memory only."""
+
+    class ReadsTouch(float):
+        armed = True
+
+        def __mul__(self, other: object) -> float:
+            # The reader's granularity check: let touch() run now, and give it
+            # a moment; under the fixed store it waits for the reader's lock.
+            if ReadsTouch.armed:
+                ReadsTouch.armed = False
+                toucher = threading.Thread(target=store.touch, args=(s.id,), kwargs={"ttl": 10})
+                toucher.start()
+                toucher.join(0.5)
+                threads.append(toucher)
+            return float(self) * float(other)  # type: ignore[arg-type]
+
+    threads: list[threading.Thread] = []
+    with walsess.open(store_dir, clock=clock, cleanup_interval=None) as store:
+        s = store.create({"a": 1}, ttl=1000)
+        s._state.ttl = ReadsTouch(1000.0)  # white box: the only way to pause a read there
+        clock.advance(1)
+        store.get(s.id)
+        for t in threads:
+            t.join()
+        assert not ReadsTouch.armed
+        assert s.ttl == 10 and s.expires_at == clock.now + 10
+    with walsess.open(store_dir, clock=clock) as again:
+        assert again.exists(s.id) and again.get(s.id).expires_at == clock.now + 10  # type: ignore[union-attr]

@@ -57,10 +57,14 @@ class Session(MutableMapping[str, Any]):
 
     __slots__ = ("_digest", "_state", "_store", "id")
 
-    def __init__(self, store: Store, state: SessionState, token: str) -> None:
+    def __init__(
+        self, store: Store, state: SessionState, token: str, digest: bytes | None = None
+    ) -> None:
         self._store = store
         self._state = state
-        self._digest = state.digest
+        # The digest the token was found by: if the session was regenerated
+        # since, the handle is already dead rather than bound to the new token.
+        self._digest = state.digest if digest is None else digest
         #: The token: the secret the client presents. Never stored on disk.
         self.id = token
 

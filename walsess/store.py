@@ -22,7 +22,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import record as rec
 from . import tokens
@@ -79,6 +79,18 @@ _REASONS = {
     rec.DestroyReason.EXPIRED: "expired",
     rec.DestroyReason.REVOKED: "revoked",
 }
+
+
+class _Gone(NamedTuple):
+    """A removed session's fields as its destroy hooks will see them, still encoded."""
+
+    digest: bytes
+    user: str | None
+    meta: bytes | None
+    created_at: float
+    expires_at: float
+    last_seen: float
+    data: dict[str, bytes]
 
 
 @dataclass(frozen=True)
@@ -201,6 +213,9 @@ class Store:
         clock: Clock,
         fs: FileSystem,
     ) -> None:
+        # Bound to the directory now: a later chdir() (daemons chdir("/")) must
+        # not send compaction's files somewhere else, without the lock.
+        path = os.path.abspath(path)
         _positive("default_ttl", default_ttl)
         _positive("max_lifetime", max_lifetime, allow_none=True)
         _positive("fsync_interval", fsync_interval)
@@ -463,16 +478,24 @@ class Store:
             raise SessionNotFound(f"session {tokens.ref_of(digest)} has expired")
         return state
 
-    def _find(self, token: object) -> SessionState | None:
-        """The live session for *token*, or None. Never raises for odd tokens."""
+    def _lookup(self, token: object) -> tuple[SessionState, bytes] | None:
+        """The live session for *token* and the digest it was found by, or None.
+        Never raises for odd tokens. The digest lets a caller that takes the lock
+        later check the session still belongs to *token* (not regenerated since)."""
         if self._closed:
             raise self._closed_error()
         if type(token) is not str or len(token) > 512:
             return None
-        st = self._table.find(tokens.digest(token))
+        digest = tokens.digest(token)
+        st = self._table.find(digest)
         if st is None or not st.live_at(self._clock()):
             return None
-        return st
+        return st, digest
+
+    def _find(self, token: object) -> SessionState | None:
+        """The live session for *token*, or None. Never raises for odd tokens."""
+        found = self._lookup(token)
+        return None if found is None else found[0]
 
     def create(
         self,
@@ -564,16 +587,39 @@ class Store:
             before telling the client anything (an event loop does that wait in
             a thread). Other modes never wait.
         """
-        st = self._find(token)
-        if st is None:
+        found = self._lookup(token)
+        if found is None:
             return None
-        new_idle = self._clock() + st.ttl
-        if new_idle > st.idle_deadline:
-            if new_idle - st.logged_deadline < min(self.touch_granularity, st.ttl * 0.1):
-                st.idle_deadline = new_idle  # within the documented granularity: memory only
-            else:
-                self._touch(st, st.digest, new_idle, st.ttl, wait)
-        return Session(self, st, token)
+        st, digest = found
+        current = self._extend(st, digest, self._clock(), wait)
+        if current is None:
+            return None
+        return Session(self, st, token, current)
+
+    def _extend(self, st: SessionState, digest: bytes, now: float, wait: bool) -> bytes | None:
+        """Slide *st*'s idle deadline to now + ttl, logging a TOUCH only once it has
+        moved by the granularity. Returns the session's digest object (handles
+        compare it by identity), or None if *st* no longer belongs to *digest*.
+
+        Computed and applied under the lock, so that a concurrent ``touch(ttl=)``
+        is never undone by a read that saw the old ttl.
+        """
+        pos = 0
+        with self._lock:
+            current = st.digest
+            if current != digest:
+                return None
+            new_idle = now + st.ttl
+            if new_idle > st.idle_deadline:
+                if new_idle - st.logged_deadline < min(self.touch_granularity, st.ttl * 0.1):
+                    st.idle_deadline = new_idle  # within the documented granularity: memory only
+                else:
+                    self._check_writable()
+                    pos = self._commit(rec.encode_touch(st.sid, new_idle, st.ttl))
+                    self._table.touch(st, new_idle, st.ttl)
+        if pos and wait and self._always:
+            self._sync.wait(pos)
+        return current
 
     def wait_synced(self) -> None:
         """In ``"always"`` mode, block until every record written so far is durable,
@@ -582,20 +628,6 @@ class Store:
         if self._always:
             self._check_open()
             self._sync.wait(self._log.written)
-
-    def _touch(
-        self, st: SessionState, digest: bytes, idle: float, ttl: float, wait: bool = True
-    ) -> bool:
-        record = rec.encode_touch(st.sid, idle, ttl)
-        with self._lock:
-            self._check_writable()
-            if st.digest is not digest:
-                return False
-            pos = self._commit(record)
-            self._table.touch(st, idle, ttl)
-        if self._always and wait:
-            self._sync.wait(pos)
-        return True
 
     def exists(self, token: str) -> bool:
         """True if *token* names a live session. Does not extend its expiry."""
@@ -608,16 +640,26 @@ class Store:
         making *ttl* its idle timeout from now on. Always logged. False if not live."""
         if ttl is not None:
             _positive("ttl", ttl)
-        st = self._find(token)
-        if st is None:
+        found = self._lookup(token)
+        if found is None:
             return False
-        new_ttl = st.ttl if ttl is None else float(ttl)
-        return self._touch(st, st.digest, self._clock() + new_ttl, new_ttl)
+        st, digest = found
+        with self._lock:
+            self._check_writable()
+            if st.digest != digest:
+                return False
+            new_ttl = st.ttl if ttl is None else float(ttl)
+            idle = self._clock() + new_ttl
+            pos = self._commit(rec.encode_touch(st.sid, idle, new_ttl))
+            self._table.touch(st, idle, new_ttl)
+        if self._always:
+            self._sync.wait(pos)
+        return True
 
     def destroy(self, token: str) -> bool:
         """Destroy the session; True if it was live. Its token is dead at once."""
-        st = self._find(token)
-        return st is not None and self._destroy(st, st.digest, rec.DestroyReason.DESTROYED)
+        found = self._lookup(token)
+        return found is not None and self._destroy(*found, rec.DestroyReason.DESTROYED)
 
     def revoke(self, ref: str) -> bool:
         """Destroy the session named by its public *ref* (as shown in device lists)."""
@@ -632,10 +674,10 @@ class Store:
         record = rec.encode_destroy(st.sid, reason)
         with self._lock:
             self._check_writable()
-            if st.digest is not digest:
+            if st.digest != digest:  # regenerated or destroyed meanwhile
                 return False
             pos = self._commit(record)
-            gone = self._info(st, with_data=True) if self._hooks else None
+            gone = self._gone(st)
             self._table.remove(st)
         if self._always:
             self._sync.wait(pos)
@@ -658,22 +700,22 @@ class Store:
         """
         if user is not _MISSING:
             self._check_user(user)
-        st = self._find(token)
-        if st is None:
+        found = self._lookup(token)
+        if found is None:
             raise SessionNotFound("cannot regenerate: no live session has this token")
-        old = st.digest
+        st, old = found
         new_token = tokens.new_token()
         new = tokens.digest(new_token)
         with self._lock:
             self._check_writable()
-            if st.digest is not old:
+            if st.digest != old:
                 raise SessionNotFound("cannot regenerate: the session was removed meanwhile")
             while self._table.ref_taken(new):
                 new_token = tokens.new_token()
                 new = tokens.digest(new_token)
             if user is _MISSING or user == st.user:
                 pos = self._commit(rec.encode_change_id(st.sid, new))
-                gone = self._info(st, with_data=True) if self._hooks else None
+                gone = self._gone(st)
                 self._table.change_digest(st, new)
                 now_state = st
             else:
@@ -687,7 +729,7 @@ class Store:
                     _snapshot_record(now_state)
                     + rec.encode_destroy(st.sid, rec.DestroyReason.DESTROYED)
                 )
-                gone = self._info(st, with_data=True) if self._hooks else None
+                gone = self._gone(st)
                 self._table.remove(st)
                 self._table.insert(now_state)
         if self._always:
@@ -790,7 +832,7 @@ class Store:
         with self._lock:
             return len(self._table) - self._expired_now(now)
 
-    def _info(self, st: SessionState, with_data: bool = False) -> SessionInfo:
+    def _info(self, st: SessionState) -> SessionInfo:
         return SessionInfo(
             ref=tokens.ref_of(st.digest),
             user=st.user,
@@ -798,8 +840,18 @@ class Store:
             created_at=st.created_at,
             expires_at=st.expires_at,
             last_seen=st.idle_deadline - st.ttl,
-            data=self._decode_all(st.data.copy()) if with_data else None,
         )
+
+    def _gone(self, st: SessionState) -> _Gone | None:
+        """Under the lock, before *st* is removed: what its destroy hooks will see,
+        as raw fields (copies that cannot fail). Decoding waits for :meth:`_notify`,
+        after the change is logged and applied, where a failure only gets logged."""
+        if not self._hooks:
+            return None
+        return _Gone(
+            st.digest, st.user, st.meta, st.created_at, st.expires_at,
+            st.idle_deadline - st.ttl, st.data.copy(),
+        )  # fmt: skip
 
     def sessions(self) -> Iterator[SessionInfo]:
         """Every live session as a read-only :class:`SessionInfo` (never the token).
@@ -845,7 +897,7 @@ class Store:
         """Destroy sessions in batches, one append per batch, hooks after each batch."""
         done = 0
         for i in range(0, len(doomed), _GC_CHUNK):
-            gone: list[SessionInfo] = []
+            gone: list[_Gone] = []
             with self._lock:
                 self._check_writable()
                 batch = [st for st in doomed[i : i + _GC_CHUNK] if st.digest is not DEAD]
@@ -853,8 +905,9 @@ class Store:
                     continue
                 pos = self._commit(b"".join(rec.encode_destroy(st.sid, reason) for st in batch))
                 for st in batch:
-                    if self._hooks:
-                        gone.append(self._info(st, with_data=True))
+                    g = self._gone(st)
+                    if g is not None:
+                        gone.append(g)
                     self._table.remove(st)
             done += len(batch)
             if self._always:
@@ -928,9 +981,28 @@ class Store:
 
         return unsubscribe
 
-    def _notify(self, infos: list[SessionInfo], reason: str) -> None:
-        for hook in self._hooks:
-            for info in infos:
+    def _notify(self, gone: list[_Gone], reason: str) -> None:
+        """Run the destroy hooks, outside the lock, after the change is applied."""
+        hooks = self._hooks
+        for g in gone:
+            try:
+                info = SessionInfo(
+                    ref=tokens.ref_of(g.digest),
+                    user=g.user,
+                    meta=None if g.meta is None else JSON.decode(g.meta),
+                    created_at=g.created_at,
+                    expires_at=g.expires_at,
+                    last_seen=g.last_seen,
+                    data=self._decode_all(g.data),
+                )
+            except Exception:  # RecursionError, a class a deploy removed, ...
+                log.exception(
+                    "walsess: on_destroy hooks skipped for session %s: its data could not"
+                    " be decoded (the session is gone all the same)",
+                    tokens.ref_of(g.digest),
+                )
+                continue
+            for hook in hooks:
                 try:
                     hook(info, reason)
                 except Exception:
