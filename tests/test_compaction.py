@@ -30,11 +30,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -1043,3 +1045,58 @@ def test_snapshot_holds_what_the_doc_says(store_dir: str, clock: FakeClock) -> N
     assert ra.user == "alice" and ra.idle_deadline == clock.now + 1000.0  # the in-memory one
     assert c.sessions == 2 and c.snapshot_bytes == len(image)
     store.close()
+
+
+class FullDiskFS(FileSystem):
+    """Every snapshot temp file fails to open with ENOSPC (a full disk), counted."""
+
+    def __init__(self) -> None:
+        self.snapshot_attempts = 0
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        if path.endswith(".snap.tmp"):
+            self.snapshot_attempts += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return super().open(path, flags, mode)
+
+
+def test_failed_background_compaction_backs_off(
+    store_dir: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10, defect 6: with the snapshot's temp file failing (ENOSPC), every
+    write used to start another compactor thread. Now the attempts back off
+    (O(log n) for n writes), stats() says so, and a success clears it."""
+    fs = FullDiskFS()
+    store = walsess.open(
+        store_dir, clock=clock, fs=fs, durability="never", cleanup_interval=None,
+        compact_ratio=2.0, compact_min_bytes=1,
+    )  # fmt: skip
+    try:
+        threads_before = threading.active_count()
+        for i in range(300):
+            store.create({"i": i})
+            if store._compactor is not None:
+                store._compactor.join()  # let each attempt finish: the worst case for a storm
+        assert 1 <= fs.snapshot_attempts <= 12, fs.snapshot_attempts
+        assert threading.active_count() <= threads_before + 1
+        stats = store.stats()
+        assert stats["compaction_failures"] == fs.snapshot_attempts
+        assert "No space left" in stats["last_compaction_error"]
+        retry_at = stats["next_compaction_at_log_bytes"]
+        assert retry_at is not None and retry_at > 0
+        store.gc()  # gc moves the threshold; it must keep the backoff
+        assert store.stats()["next_compaction_at_log_bytes"] >= retry_at
+        assert "background compaction" in caplog.text
+        fs.open = FileSystem.open.__get__(fs)  # type: ignore[method-assign]  # disk freed
+        store.compact()
+        assert store.stats()["compaction_failures"] == 0
+        assert store.stats()["last_compaction_error"] is None
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("ratio", [0.5, 1, 1.0, -2.0])
+def test_a_compact_ratio_that_cannot_work_is_refused(store_dir: str, ratio: float) -> None:
+    with pytest.raises(walsess.ValidationError, match="compact_ratio"):
+        walsess.open(store_dir, compact_ratio=ratio)
+    assert not os.path.exists(os.path.join(store_dir, "LOCK"))

@@ -32,7 +32,7 @@ CHILD = r"""
 import random, sys, walsess
 path, mode, seed, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(seed)
-store = walsess.open(path, durability=mode, fsync_interval=0.01, compact_ratio=1.0,
+store = walsess.open(path, durability=mode, fsync_interval=0.01, compact_ratio=1.1,
                      compact_min_bytes=8192, cleanup_interval=0.02)
 tokens = [t for t in sys.stdin.read().split() if t]
 counter = start

@@ -224,6 +224,12 @@ class Store:
             raise ValidationError(f"max_value_bytes must be in 1..{rec.MAX_PAYLOAD_BYTES // 2}")
         if compact_ratio is not None:
             _positive("compact_ratio", compact_ratio)
+            if compact_ratio <= 1:
+                # A snapshot of the live data is ~1x live: at or below 1 every
+                # write would start another full compaction.
+                raise ValidationError(
+                    f"compact_ratio must be above 1 (2.0 is the default), not {compact_ratio!r}"
+                )
         if cleanup_interval:
             _positive("cleanup_interval", cleanup_interval)
         if max_sessions is not None and (type(max_sessions) is not int or max_sessions < 1):
@@ -254,6 +260,10 @@ class Store:
         self._compact_lock = threading.Lock()
         self._compact_at = _INF
         self._compactor: threading.Thread | None = None
+        #: Background compactions failed in a row, and the last one's error.
+        self._compact_failures = 0
+        self._compact_error: str | None = None
+        self._compact_not_before = 0  # log bytes: the backoff after a failure
         self.last_compaction: Compaction | None = None
         self.last_gc: dict[str, float] | None = None
         self._stop_cleanup = threading.Event()
@@ -1027,6 +1037,8 @@ class Store:
         else:
             limit = max(self.compact_min_bytes, self.compact_ratio * self._live_bytes())
             self._compact_at = limit - self._snapshot_bytes
+            if self._compact_failures:
+                self._compact_at = max(self._compact_at, self._compact_not_before)
 
     def _start_compaction(self) -> None:
         """Under the lock: start a background compaction unless one is running."""
@@ -1040,10 +1052,23 @@ class Store:
             self.compact()
         except (StoreClosed, StorePoisoned):
             pass
-        except Exception:
-            log.exception("walsess: background compaction of %s failed", self.path)
+        except Exception as exc:
             with self._lock:
+                self._compact_failures += 1
+                self._compact_error = f"{type(exc).__name__}: {exc}"
+                # Back off: the next try waits until the log has grown 2**k times
+                # past its size now, so a disk that stays full costs O(log n)
+                # attempts for n writes, not a compaction (and a thread) per write.
+                self._compact_not_before = self._log.size * 2 ** min(self._compact_failures, 30)
                 self._set_compact_threshold()
+                retry = self._compact_at
+            log.exception(
+                "walsess: background compaction of %s failed (%d in a row); next try once"
+                " the log reaches %d bytes",
+                self.path,
+                self._compact_failures,
+                retry,
+            )
 
     def compact(self) -> Compaction:
         """Write the live sessions as a snapshot and start a new log generation.
@@ -1110,6 +1135,9 @@ class Store:
         )
         with self._lock:
             self.last_compaction = result
+            self._compact_failures = 0
+            self._compact_error = None
+            self._compact_not_before = 0
             self._snapshot_bytes = writer.size
             self._snapshot_sessions = writer.count
             self._set_compact_threshold()
@@ -1155,6 +1183,9 @@ class Store:
             "records_appended": appended,
             "log_generation": self._log.generation,
             "last_compaction": self.last_compaction,
+            "compaction_failures": self._compact_failures,
+            "last_compaction_error": self._compact_error,
+            "next_compaction_at_log_bytes": None if self._compact_at == _INF else self._compact_at,
             "last_gc": self.last_gc,
             "fsyncs": self._fsyncs,
             "durability": self.durability,
