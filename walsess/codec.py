@@ -20,7 +20,7 @@ import pickle
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import CodecError
+from .errors import CodecError, ValidationError
 
 __all__ = ["JSON", "PICKLE", "Codec", "JSONCodec", "PickleCodec", "decoder_of_all", "resolve_codec"]
 
@@ -150,7 +150,11 @@ def resolve_codec(codec: str | Codec) -> Codec:
             return JSON
         if codec == "pickle":
             return PICKLE
-        raise ValueError(f"unknown codec {codec!r}; use 'json', 'pickle' or a Codec object")
+        raise ValidationError(
+            f"unknown codec {codec[:40]!r}; use 'json', 'pickle' or a Codec object"
+        )
     if not isinstance(codec, Codec):
-        raise TypeError(f"codec must be 'json', 'pickle' or a Codec object, not {codec!r}")
+        raise ValidationError(
+            f"codec must be 'json', 'pickle' or a Codec object, not {type(codec).__name__}"
+        )
     return codec

@@ -27,7 +27,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .errors import StorePoisoned
+from .errors import StorePoisoned, ValidationError
 
 __all__ = ["MODES", "AlwaysSync", "IntervalSync", "NeverSync", "SyncPolicy", "make_policy"]
 
@@ -164,4 +164,4 @@ def make_policy(
         return IntervalSync(fsync, position, interval)
     if mode == "never":
         return NeverSync(fsync, position)
-    raise ValueError(f"durability must be one of {', '.join(MODES)}; got {mode!r}")
+    raise ValidationError(f"durability must be one of {', '.join(MODES)}; got {mode!r}")

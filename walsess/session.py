@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import SessionNotFound
+from .errors import SessionNotFound, ValidationError
 from .table import SessionState
 from .tokens import ref_of
 
@@ -24,6 +24,22 @@ if TYPE_CHECKING:
 __all__ = ["Session", "SessionInfo"]
 
 _MISSING: Any = object()
+
+
+def _pairs(data: object) -> list[tuple[Any, Any]]:
+    """The (key, value) pairs of a mapping or of an iterable of pairs, or
+    :class:`ValidationError` for anything else (nothing is written)."""
+    if isinstance(data, Mapping):
+        return list(data.items())
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise ValidationError(
+            f"expected a mapping or (key, value) pairs, not {type(data).__name__}"
+        )
+    pairs = list(data)
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValidationError(f"expected (key, value) pairs, got {type(pair).__name__}")
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -114,14 +130,21 @@ class Session(MutableMapping[str, Any]):
     # -- mapping ------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
-        return self._store._decode(self._live().data[key])
+        data = self._live().data
+        try:
+            raw = data[key]
+        except TypeError:  # an unhashable key: not one of this session's str keys
+            raise KeyError(key) from None
+        return self._store._decode(raw)
 
     def get(self, key: str, default: Any = None) -> Any:
-        raw = self._live().data.get(key)
-        return default if raw is None else self._store._decode(raw)
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
     def __contains__(self, key: object) -> bool:
-        return key in self._live().data
+        return isinstance(key, str) and key in self._live().data
 
     def __len__(self) -> int:
         return len(self._live().data)
@@ -137,7 +160,7 @@ class Session(MutableMapping[str, Any]):
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set several keys in one record: all of them, or (on any error) none."""
-        items: list[tuple[str, Any]] = list(other.items() if isinstance(other, Mapping) else other)
+        items = _pairs(other)
         items.extend(kwargs.items())
         self._store._modify(self, False, items)
 
@@ -147,8 +170,7 @@ class Session(MutableMapping[str, Any]):
 
     def replace(self, data: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
         """Make the data exactly *data*, as one record (clear, then set each key)."""
-        items = list(data.items() if isinstance(data, Mapping) else data)
-        self._store._modify(self, True, items)
+        self._store._modify(self, True, _pairs(data))
 
     def encoded(self) -> dict[str, bytes]:
         """Every key's stored bytes (its value as the store's codec encoded it),
@@ -163,6 +185,8 @@ class Session(MutableMapping[str, Any]):
         The bytes must come from ``store.codec.encode``; sizes and keys are
         checked as for any write. Deleting an absent key is not an error.
         """
+        if not isinstance(changes, Mapping):
+            raise ValidationError(f"changes must be a mapping, not {type(changes).__name__}")
         self._store._modify_encoded(self, False, list(changes.items()))
 
     def to_dict(self) -> dict[str, Any]:

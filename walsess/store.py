@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 from . import record as rec
 from . import tokens
 from .codec import JSON, Codec, decoder_of_all, resolve_codec
-from .durability import make_policy
+from .durability import MODES, make_policy
 from .errors import (
     CodecError,
     SessionNotFound,
@@ -168,16 +168,28 @@ def open(  # the front door, like io.open and dbm.open
     )
 
 
-def _positive(name: str, value: float | None, allow_none: bool = False) -> None:
+def _positive(name: str, value: object, allow_none: bool = False) -> None:
+    """Raise :class:`ValidationError` unless *value* is a positive finite number."""
     if value is None and allow_none:
         return
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValidationError(f"{name} must be a positive finite number of seconds, not {value!r}")
+    try:
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)  # an int too large for a float overflows here
+            and value > 0
+        )
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise ValidationError(
+            f"{name} must be a positive finite number of seconds, not {_short(value)}"
+        )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class Store:
@@ -216,6 +228,22 @@ class Store:
         # Bound to the directory now: a later chdir() (daemons chdir("/")) must
         # not send compaction's files somewhere else, without the lock.
         path = os.path.abspath(path)
+        # Every argument is checked before any file is touched (no recovery,
+        # no directory created, for an open that is refused).
+        if durability not in MODES:
+            raise ValidationError(
+                f"durability must be one of {', '.join(MODES)}, not {_short(durability)}"
+            )
+        if not callable(clock):
+            raise ValidationError(f"clock must be a callable giving seconds, not {_short(clock)}")
+        if not isinstance(fs, FileSystem):
+            raise ValidationError(f"fs must be a walsess.fileio.FileSystem, not {_short(fs)}")
+        if type(compact_min_bytes) is not int or compact_min_bytes < 0:
+            raise ValidationError(
+                f"compact_min_bytes must be an int >= 0, not {_short(compact_min_bytes)}"
+            )
+        if type(max_value_bytes) is not int:
+            raise ValidationError(f"max_value_bytes must be an int, not {_short(max_value_bytes)}")
         _positive("default_ttl", default_ttl)
         _positive("max_lifetime", max_lifetime, allow_none=True)
         _positive("fsync_interval", fsync_interval)
@@ -232,6 +260,12 @@ class Store:
                 )
         if cleanup_interval:
             _positive("cleanup_interval", cleanup_interval)
+        for name, interval in (
+            ("fsync_interval", fsync_interval),
+            ("cleanup_interval", cleanup_interval),
+        ):
+            if interval and interval > threading.TIMEOUT_MAX:  # a thread waits this long
+                raise ValidationError(f"{name} must be at most {threading.TIMEOUT_MAX:.0f} s")
         if max_sessions is not None and (type(max_sessions) is not int or max_sessions < 1):
             raise ValidationError(f"max_sessions must be a positive int or None: {max_sessions!r}")
         self.compact_ratio = compact_ratio
@@ -467,12 +501,17 @@ class Store:
         return data, rec.keys_bytes(data), list(data.values())
 
     @staticmethod
-    def _check_user(user: object) -> None:
-        if user is not None:
-            if not isinstance(user, str):
-                raise ValidationError(f"user must be a str or None, not {type(user).__name__}")
-            if len(user.encode()) > rec.MAX_KEY_BYTES:
-                raise ValidationError("user is longer than 65,535 UTF-8 bytes")
+    def _check_user(user: object, allow_none: bool = True) -> None:
+        if user is None and allow_none:
+            return
+        if not isinstance(user, str):
+            raise ValidationError(f"user must be a str, not {type(user).__name__}")
+        try:
+            size = len(user.encode())
+        except UnicodeEncodeError:
+            raise ValidationError("user is not valid Unicode (it has a lone surrogate)") from None
+        if size > rec.MAX_KEY_BYTES:
+            raise ValidationError("user is longer than 65,535 UTF-8 bytes")
 
     # -- sessions -----------------------------------------------------------------
 
@@ -544,6 +583,8 @@ class Store:
                 raise CodecError(f"meta must be JSON: {exc}") from None
             if len(meta_b) > self.max_value_bytes:
                 raise ValueTooLarge("meta is larger than max_value_bytes")
+        if data is not None and not isinstance(data, Mapping):
+            raise ValidationError(f"data must be a mapping, not {type(data).__name__}")
         values, kbs, vbs = self._encode_items(data.items() if data else ())
         token = tokens.new_token()
         digest = tokens.digest(token)
@@ -876,6 +917,7 @@ class Store:
 
     def sessions_of(self, user: str) -> list[SessionInfo]:
         """The live sessions of *user*, oldest first, as infos: an "active devices" list."""
+        self._check_user(user, allow_none=False)
         self._check_open()
         now = self._clock()
         with self._lock:
@@ -884,6 +926,7 @@ class Store:
     def destroy_user(self, user: str, keep: Iterable[str] = ()) -> int:
         """Destroy every live session of *user* except those in *keep* (tokens or refs):
         "log out my other devices". Returns how many were destroyed; hooks see "revoked"."""
+        self._check_user(user, allow_none=False)
         self._check_open()
         if isinstance(keep, str):
             raise ValidationError("keep must be a collection of tokens or refs, not one string")

@@ -33,7 +33,9 @@ def new_token() -> str:
 
 def digest(token: str) -> bytes:
     """The 32-byte digest that stands for *token* on disk and in memory."""
-    return hashlib.sha256(token.encode()).digest()
+    # surrogatepass: a string no client could send (a lone surrogate) still has a
+    # digest, one that names no session, instead of raising from a lookup.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 def ref_key(d: bytes) -> bytes:
