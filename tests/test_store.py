@@ -743,3 +743,32 @@ def test_a_read_racing_touch_cannot_put_back_the_old_ttl(store_dir: str, clock: 
         assert s.ttl == 10 and s.expires_at == clock.now + 10
     with walsess.open(store_dir, clock=clock) as again:
         assert again.exists(s.id) and again.get(s.id).expires_at == clock.now + 10  # type: ignore[union-attr]
+
+
+def test_a_store_other_users_can_write_is_refused(store_dir: str, clock: FakeClock) -> None:
+    """Issue 10, defect 9: another local user who can write the directory (or a
+    file in it) could plant a log that creates sessions with tokens they know."""
+    with walsess.open(store_dir, clock=clock) as store:
+        token = store.create({"a": 1}).id
+    log = next(os.path.join(store_dir, n) for n in os.listdir(store_dir) if n.endswith(".log"))
+    before = sorted(os.listdir(store_dir))
+
+    os.chmod(store_dir, 0o777)
+    with pytest.raises(walsess.InsecureStore, match=f"chmod 700 {store_dir}"):
+        walsess.open(store_dir, clock=clock)
+    os.chmod(store_dir, 0o700)
+
+    os.chmod(log, 0o666)
+    with pytest.raises(walsess.InsecureStore, match=f"chmod 600 {log}"):
+        walsess.open(store_dir, clock=clock)
+    os.chmod(log, 0o600)
+
+    if os.geteuid() == 0:  # only root can give a file away
+        os.chown(log, 65534, -1)
+        with pytest.raises(walsess.InsecureStore, match="chown"):
+            walsess.open(store_dir, clock=clock)
+        os.chown(log, 0, -1)
+
+    assert sorted(os.listdir(store_dir)) == before  # refused before recovery touched anything
+    with walsess.open(store_dir, clock=clock) as store:
+        assert store.exists(token)

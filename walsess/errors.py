@@ -53,6 +53,13 @@ class LockedError(WalsessError):
     """Another opener (in this process or another) holds the store's lock."""
 
 
+class InsecureStore(WalsessError):
+    """The store directory, or a file in it, can be written by other users (group or
+    others write permission) or belongs to another user. Someone who can write
+    there can plant a log that creates sessions with tokens they know, so the
+    store is refused; the message gives the ``chmod``/``chown`` to run."""
+
+
 class StoreClosed(WalsessError):
     """The store was closed; open it again to use it."""
 

@@ -30,6 +30,7 @@ from .codec import JSON, Codec, decoder_of_all, resolve_codec
 from .durability import MODES, make_policy
 from .errors import (
     CodecError,
+    InsecureStore,
     SessionNotFound,
     StorageError,
     StoreClosed,
@@ -1250,9 +1251,30 @@ def _make_dir(path: str, fs: FileSystem) -> bool:
     except FileExistsError:
         if not os.path.isdir(path):
             raise ValidationError(f"{path} exists and is not a directory") from None
+        _check_private(path)
         return False
     os.chmod(path, 0o700)  # exactly owner-only, whatever the umask
     return True
+
+
+def _check_private(path: str) -> None:
+    """Refuse a store directory, or a file in it, that another user could write:
+    such a user could plant a log creating sessions whose tokens they know."""
+    me = os.geteuid()
+    for name in ["", *sorted(os.listdir(path))]:
+        target = os.path.join(path, name) if name else path
+        info = os.lstat(target)
+        if info.st_uid != me:
+            raise InsecureStore(
+                f"{target} belongs to user {info.st_uid}, not to this process's user {me}:"
+                f" run `chown {me} {target}` if it is yours, or open the store as its owner"
+            )
+        if info.st_mode & 0o022:
+            mode = "700" if name == "" else "600"
+            raise InsecureStore(
+                f"{target} can be written by other users (mode {info.st_mode & 0o777:o}):"
+                f" run `chmod {mode} {target}`"
+            )
 
 
 def _snapshot_record(st: SessionState) -> bytes:
