@@ -639,28 +639,23 @@ class Store:
             before telling the client anything (an event loop does that wait in
             a thread). Other modes never wait.
         """
-        found = self._lookup(token)
-        if found is None:
+        # The hottest read path: _lookup's steps are inlined here. The expiry
+        # extension is computed and applied under the lock, so that a
+        # concurrent touch(ttl=) is never undone by a read that saw the old ttl.
+        if self._closed:
+            raise self._closed_error()
+        if type(token) is not str or len(token) > 512:
             return None
-        st, digest = found
-        current = self._extend(st, digest, self._clock(), wait)
-        if current is None:
+        digest = tokens.digest(token)
+        st = self._table.find(digest)
+        if st is None:
             return None
-        return Session(self, st, token, current)
-
-    def _extend(self, st: SessionState, digest: bytes, now: float, wait: bool) -> bytes | None:
-        """Slide *st*'s idle deadline to now + ttl, logging a TOUCH only once it has
-        moved by the granularity. Returns the session's digest object (handles
-        compare it by identity), or None if *st* no longer belongs to *digest*.
-
-        Computed and applied under the lock, so that a concurrent ``touch(ttl=)``
-        is never undone by a read that saw the old ttl.
-        """
+        now = self._clock()
         pos = 0
         with self._lock:
-            current = st.digest
-            if current != digest:
-                return None
+            current = st.digest  # handles compare this object by identity
+            if current != digest or not (now < st.idle_deadline and now < st.hard_deadline):
+                return None  # destroyed, regenerated or expired
             new_idle = now + st.ttl
             if new_idle > st.idle_deadline:
                 if new_idle - st.logged_deadline < min(self.touch_granularity, st.ttl * 0.1):
@@ -671,7 +666,7 @@ class Store:
                     self._table.touch(st, new_idle, st.ttl)
         if pos and wait and self._always:
             self._sync.wait(pos)
-        return current
+        return Session(self, st, token, current)
 
     def wait_synced(self) -> None:
         """In ``"always"`` mode, block until every record written so far is durable,
