@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from .codec import JSON
 from .errors import LockedError, WalsessError
 from .fileio import OS
 from .lockfile import DirectoryLock
+from .repair import apply_repair, plan_repair
 from .storedir import StoreDirectory
 from .verify import iter_records, verify_directory
 
@@ -264,66 +264,23 @@ def cmd_repair(args: argparse.Namespace, out: TextIO) -> int:
             f"{directory} is open in another process: close it before repairing"
         ) from None
     try:
-        reports = verify_directory(directory)
-        damaged = [r for r in reports if r.problem is not None]
-        if not damaged:
+        steps = plan_repair(directory)
+        if not steps:
             out.write(f"{directory}: nothing to repair\n")
             return 0
-        first = damaged[0]
-        # Everything after the first damage depends on what was lost with it:
-        # later logs are moved aside too, as redis-check-aof truncates the AOF.
-        later = [r for r in reports if r.kind == "log" and r.path > first.path]
-        if first.kind == "snapshot":
-            later = [r for r in reports if r.kind == "snapshot" and r.path > first.path]
-        out.write(f"damage: {first.path} at offset {first.problem_offset}: {first.problem}\n")
-        dropped = first.size - first.good_end
-        plan = [
-            f"cut {os.path.basename(first.path)} at offset {first.good_end}:"
-            f" {dropped:,} bytes dropped, {first.records:,} records kept"
-        ]
-        if first.kind == "snapshot":
-            plan[0] += ", and close it with a new END record (salvaging the sessions before it)"
-        plan += [
-            f"move aside {os.path.basename(r.path)} ({r.records:,} records, {_size(r.size)}),"
-            " which follows the damage"
-            for r in later
-        ]
-        for line in plan:
-            out.write(f"  will {line}\n")
+        out.write(f"damage: {steps[0].damage}\n")
+        for step in steps:
+            out.write(f"  will {step.text}\n")
         if not _confirm("Proceed?", args.yes):
             out.write("nothing changed\n")
             return 1
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for r in [first, *later]:
-            aside = f"{r.path}.broken-{stamp}"
-            shutil.copy2(r.path, aside)
-            out.write(f"copied {os.path.basename(r.path)} to {os.path.basename(aside)}\n")
-        for r in later:
-            os.unlink(r.path)
-        if first.good_end < rec.HEADER_SIZE:
-            os.unlink(first.path)  # its header is damaged: nothing in it can be trusted
-        else:
-            _cut(first.path, first.kind, first.good_end)
-        OS.fsync_dir(directory)
-        out.write("repaired: " + "; ".join(plan) + "\n")
+        for aside in apply_repair(directory, steps):
+            name = os.path.basename(aside)
+            out.write(f"copied {name.split('.broken-')[0]} to {name}\n")
+        out.write("repaired: " + "; ".join(step.text for step in steps) + "\n")
         return 0
     finally:
         lock.release()
-
-
-def _cut(path: str, kind: str, good_end: int) -> None:
-    """Truncate *path* at *good_end*; a snapshot gets an END for the sessions kept."""
-    with open(path, "r+b") as f:
-        head = f.read(good_end)
-        f.truncate(good_end)
-        if kind == "snapshot":
-            kept: list[rec.Record] = []
-            rec.RecordReader(head).replay(lambda _pos, r: kept.append(r))
-            if not kept or type(kept[-1]) is not rec.End:
-                f.seek(0, os.SEEK_END)
-                f.write(rec.encode_end(sum(1 for r in kept if type(r) is rec.Create)))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # -- compact -----------------------------------------------------------------------------

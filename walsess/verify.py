@@ -33,7 +33,7 @@ from .record import (
 )
 from .storedir import StoreDirectory
 
-__all__ = ["FileReport", "iter_records", "verify_directory"]
+__all__ = ["FileReport", "iter_records", "verify_buffer", "verify_directory", "verify_file"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,15 @@ def verify_file(
     path: str, kind: str, generation: int, newest_log: bool, fs: FileSystem = OS
 ) -> FileReport:
     """Check every header field, checksum and structure of one file."""
-    buf = fs.read(path)
+    return verify_buffer(fs.read(path), path, kind, generation, newest_log)
+
+
+def verify_buffer(
+    buf: bytes, path: str, kind: str, generation: int, newest_log: bool
+) -> FileReport:
+    """:func:`verify_file` of the image *buf* of the file at *path* (which is not read):
+    repair checks what a file would hold after its header is rebuilt. Cost: one
+    pass over *buf*, plus a search for a later valid record after a bad one."""
     size = len(buf)
     magic = LOG_MAGIC if kind == "log" else SNAPSHOT_MAGIC
 

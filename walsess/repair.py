@@ -1,0 +1,253 @@
+"""Repairing a damaged store directory: what ``walsess repair`` plans and does.
+
+:func:`plan_repair` only reads; :func:`apply_repair` copies every file it
+will change aside (``<name>.broken-<stamp>``) before changing it. The
+guarantee: after a repair the store opens, ``walsess check`` passes, and
+every session whose records are intact and come before the first damaged
+record of their file is kept. In particular:
+
+* A damaged header (bad checksum, bad magic, zeroed, truncated, or shifted by
+  a few inserted bytes) is rebuilt from what it must say: the kind and
+  generation come from the file name, a log's ``follows`` is the newest
+  snapshot at or below its generation; the records after it are checked by
+  their own checksums, so a header is never a reason to drop them.
+* A log is cut at its first bad record, and the logs after it are moved aside
+  (their changes depend on what was lost, as redis-check-aof truncates).
+* A snapshot is cut at its first bad record and closed with an END record for
+  the sessions before it, unless older files already give the full state (the
+  store opens without it): then it is moved aside, so a partial snapshot never
+  shadows a complete state.
+* A header whose checksum is valid but which says another kind, generation
+  or a newer format version is not damage but a misplaced file or a newer
+  walsess: repair refuses (:class:`CorruptionError` / :class:`FormatError`)
+  and changes nothing.
+
+Example::
+
+    plan = plan_repair("var/sessions")
+    for step in plan:
+        print(step.text)
+    apply_repair("var/sessions", plan)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import time
+from dataclasses import dataclass
+
+from .errors import CorruptionError, FileError, FormatError
+from .fileio import OS, FileSystem, must_fsync_dir
+from .record import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    LOG_MAGIC,
+    MAX_PAYLOAD_BYTES,
+    SNAPSHOT_MAGIC,
+    Create,
+    End,
+    Record,
+    RecordReader,
+    crc32c,
+    encode_end,
+    encode_header,
+    next_valid_record,
+)
+from .storedir import StoreDirectory
+from .verify import verify_buffer
+
+__all__ = ["RepairStep", "apply_repair", "plan_repair"]
+
+#: How far past its place a shifted header's first record is searched for: bytes
+#: inserted into a header. Bounded so that a record inside a damaged record's
+#: payload is not taken for the start of the file's records.
+MAX_HEADER_SHIFT = 64
+
+_HEAD = struct.Struct("<8sHHQQI")
+
+
+@dataclass(frozen=True)
+class RepairStep:
+    """One change to one file. ``content`` is the file's new image (None: move it aside)."""
+
+    path: str
+    kind: str
+    text: str
+    content: bytes | None
+    #: The damage found, for the report ("file at offset N: reason").
+    damage: str
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes"
+
+
+def _header_damage(buf: bytes, path: str, kind: str, generation: int) -> str | None:
+    """Why the header of *buf* must be rebuilt, or None if it is right.
+
+    Raises if the header is intact (its checksum holds) but says something
+    this file cannot be: that is a misplaced file or a newer format, which a
+    rebuild would silently turn into something else.
+    """
+    if len(buf) < HEADER_SIZE:
+        return f"the header is {len(buf)} bytes, expected {HEADER_SIZE}"
+    magic, version, _flags, found, _follows, crc = _HEAD.unpack_from(buf, 0)
+    if crc != crc32c(buf[: HEADER_SIZE - 4]):
+        return "header checksum mismatch"
+    want = LOG_MAGIC if kind == "log" else SNAPSHOT_MAGIC
+    if magic != want:
+        raise CorruptionError(
+            f"an intact header of another kind (magic {magic!r}) under a {kind}'s name:"
+            " a misplaced file; move it out of the store directory, repair does not guess",
+            path,
+            0,
+        )
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"format version {version}, written by a newer walsess: upgrade walsess"
+            " instead of repairing",
+            path,
+            8,
+        )
+    if found != generation:
+        raise CorruptionError(
+            f"an intact header says generation {found}, the file name {generation}:"
+            " a file copied under another name; move it out of the store directory,"
+            " repair does not guess",
+            path,
+            12,
+        )
+    return None
+
+
+def _records_start(buf: bytes) -> int:
+    """Where the records of a file with a damaged header begin: right after the
+    header, or a little later if bytes were inserted into it."""
+    if len(buf) <= HEADER_SIZE or next_valid_record(buf, HEADER_SIZE - 1) == HEADER_SIZE:
+        return HEADER_SIZE
+    found = next_valid_record(buf, HEADER_SIZE)
+    if found is not None and found <= HEADER_SIZE + MAX_HEADER_SHIFT:
+        return found
+    return HEADER_SIZE  # the first record is damaged too: the cut below drops it
+
+
+def _close_snapshot(head: bytes) -> bytes:
+    """*head* (a header and records up to a cut) with an END for the sessions in it."""
+    kept: list[Record] = []
+    RecordReader(head).replay(lambda _pos, r: kept.append(r))
+    if kept and type(kept[-1]) is End:
+        return head
+    return head + encode_end(sum(1 for r in kept if type(r) is Create))
+
+
+def plan_repair(directory: str, fs: FileSystem = OS) -> list[RepairStep]:
+    """The changes that make the store at *directory* open cleanly; reads only.
+
+    Cost: every file read once and checked, one pass each. Raises
+    :class:`CorruptionError` or :class:`FormatError` (naming file and offset)
+    for a file repair must not touch, before anything is changed.
+    """
+    d = StoreDirectory(directory, fs)
+    snaps, logs = d.snapshots(), d.logs()
+    newest_log = logs[-1] if logs else None
+    # Which snapshot open would pick now: a damaged snapshot newer than it is
+    # passed over because older files give the full state.
+    try:
+        loaded: int | None = d.load(MAX_PAYLOAD_BYTES).snapshot
+    except FileError:
+        loaded = None
+    steps: list[RepairStep] = []
+    removed_snaps: set[int] = set()
+    files = [("snapshot", g) for g in snaps] + [("log", g) for g in logs]
+    cut_log: int | None = None
+    for kind, g in files:
+        path = d.snapshot_path(g) if kind == "snapshot" else d.log_path(g)
+        name = os.path.basename(path)
+        if kind == "log" and cut_log is not None:
+            steps.append(
+                RepairStep(
+                    path,
+                    kind,
+                    f"move aside {name}, which follows the damage",
+                    None,
+                    f"{path}: follows a cut log",
+                )
+            )
+            continue
+        buf = fs.read(path)
+        why = _header_damage(buf, path, kind, g)
+        content = buf
+        texts: list[str] = []
+        damage = ""
+        if why is not None:
+            follows = 0
+            if kind == "log":
+                follows = max((s for s in snaps if s <= g and s not in removed_snaps), default=0)
+            magic = LOG_MAGIC if kind == "log" else SNAPSHOT_MAGIC
+            content = encode_header(g, follows, magic) + buf[_records_start(buf) :]
+            texts.append(
+                f"rebuild the header of {name} (generation {g}"
+                + (f", follows {follows}" if kind == "log" else "")
+                + ") from its name and contents"
+            )
+            damage = f"{path} at offset 0: {why}"
+        report = verify_buffer(content, path, kind, g, g == newest_log and kind == "log")
+        if report.problem is None and why is None:
+            continue
+        if report.problem is not None:
+            damage = damage or f"{path} at offset {report.problem_offset}: {report.problem}"
+            end = report.good_end if report.good_end >= HEADER_SIZE else HEADER_SIZE
+            dropped = len(content) - end
+            if kind == "snapshot" and loaded is not None and loaded != g:
+                # Open already uses older files that give the full state (or a newer
+                # snapshot): salvaging part of this one would shadow them.
+                removed_snaps.add(g)
+                steps.append(
+                    RepairStep(
+                        path, kind, f"move aside {name} (open does not need it)", None, damage
+                    )
+                )
+                continue
+            texts.append(
+                f"cut {name} at offset {end}: {dropped:,} bytes dropped,"
+                f" {report.records:,} records kept"
+            )
+            content = content[:end]
+            if kind == "snapshot":
+                content = _close_snapshot(content)
+                texts[-1] += (
+                    ", and close it with a new END record (salvaging the sessions before it)"
+                )
+            else:
+                cut_log = g
+        steps.append(RepairStep(path, kind, "; ".join(texts), content, damage))
+    return steps
+
+
+def apply_repair(directory: str, steps: list[RepairStep], fs: FileSystem = OS) -> list[str]:
+    """Copy each file of *steps* aside, then change it; returns the copies' paths.
+
+    Each new image is written to a temporary file, fsynced and renamed over
+    the old one, so a crash leaves either file whole; the directory is
+    fsynced at the end. The caller holds the store's lock.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    copies = []
+    for step in steps:
+        aside = f"{step.path}.broken-{stamp}"
+        shutil.copy2(step.path, aside)
+        copies.append(aside)
+    for step in steps:
+        if step.content is None:
+            fs.unlink(step.path)
+            continue
+        tmp = step.path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(step.content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, step.path)
+    must_fsync_dir(fs, directory)
+    return copies
