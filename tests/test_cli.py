@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from conftest import FakeClock
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import walsess
+from walsess import cli as cli_module
 from walsess import record as r
+from walsess.cli import main
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -189,3 +196,119 @@ def test_errors_are_one_line_unless_debug(tmp_path: Path) -> None:
     assert res.returncode == 1 and res.stderr.count("\n") == 1 and "not a walsess log" in res.stderr
     debug = run("--debug", "stats", str(d))
     assert "Traceback" in debug.stderr
+
+
+# -- issue 10, defect 8: the command acts only on stores -------------------------------
+
+
+def in_process(*args: str) -> tuple[int, str, str]:
+    """Run the command through its main function: (status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(list(args), out=out)
+    return status, out.getvalue(), err.getvalue()
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_compact_of_a_missing_directory_creates_nothing(tmp_path: Path) -> None:
+    """It used to create the store, parents and all, and exit 0."""
+    typo = tmp_path / "no" / "such" / "store"
+    res = run("compact", str(typo))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "not a store directory" in res.stderr
+    assert tree(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["check", "stats", "dump", "repair", "compact"])
+def test_a_directory_without_store_files_is_not_a_store(tmp_path: Path, command: str) -> None:
+    """``check /etc`` and ``stats /etc`` used to say "clean" and exit 0."""
+    (tmp_path / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    (tmp_path / "sub").mkdir()
+    before = tree(tmp_path)
+    res = run(command, str(tmp_path), *(["--yes"] if command == "repair" else []))
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "not a walsess store" in res.stderr and res.stderr.count("\n") == 1
+    assert tree(tmp_path) == before  # no LOCK, no log
+
+
+@pytest.mark.parametrize("command", ["check", "stats", "dump", "repair", "compact"])
+def test_a_file_is_a_usage_error(tmp_path: Path, command: str) -> None:
+    """``compact FILE`` used to exit 1."""
+    f = tmp_path / "file"
+    f.write_text("x")
+    res = run(command, str(f))
+    assert res.returncode == 2 and "not a store directory" in res.stderr
+    assert res.stderr.count("\n") == 1 and tree(tmp_path) == ["file"]
+
+
+def test_dump_session_that_is_not_utf8(built: tuple[str, dict[str, dict[str, object]]]) -> None:
+    """``dump --session=$'\\xff'`` used to print a traceback."""
+    path, _ = built
+    res = subprocess.run(
+        [sys.executable, "-m", "walsess", "dump", path, b"--session=\xff"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and res.stderr.count(b"\n") == 1, res.stderr
+    assert b"Traceback" not in res.stderr and res.stdout == b""
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(
+    built: tuple[str, dict[str, dict[str, object]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = built
+
+    def boom(*_args: object, **_kwargs: object) -> object:
+        raise RuntimeError("something nobody planned for")
+
+    monkeypatch.setattr(cli_module, "verify_directory", boom)
+    status, _, err = in_process("check", path)
+    assert status == 1 and err.count("\n") == 1 and "something nobody planned for" in err
+    with pytest.raises(RuntimeError):
+        in_process("--debug", "check", path)
+
+
+COMMANDS = ["check", "stats", "dump", "repair", "compact"]
+
+#: Odd arguments: paths that do not exist (nested too), a file, an empty directory,
+#: a directory of other files, names with spaces, dashes and bytes that are not UTF-8.
+odd_names = st.sampled_from(
+    ["missing", "a/b/c", "file", "empty", "other", "-x", " ", "caf\udce9", "\udcff\udcfe"]
+)
+
+
+@settings(max_examples=300)
+@given(
+    command=st.sampled_from(COMMANDS),
+    name=odd_names,
+    session=st.none() | st.text(max_size=4) | st.sampled_from(["\udcff", "-", "\udcc3\udca9"]),
+    flags=st.lists(st.sampled_from(["--json", "--yes", "--debug"]), max_size=2, unique=True),
+)
+def test_odd_arguments_never_traceback_or_create(
+    command: str, name: str, session: str | None, flags: list[str]
+) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        base = Path(root)
+        (base / "file").write_text("x")
+        (base / "empty").mkdir()
+        (base / "other").mkdir()
+        (base / "other" / "notes.txt").write_text("x")
+        before = tree(base)
+        args = [a for a in flags if a != "--debug"]
+        if session is not None and command == "dump":
+            args.append(f"--session={session}")
+        argv = (["--debug"] if "--debug" in flags else []) + [command, str(base / name), *args]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                status = main(argv, out=io.StringIO())
+            except SystemExit as exc:  # pragma: no cover - main returns its status
+                raise AssertionError(f"main exited: {exc}") from None
+        assert status == 2, (argv, err.getvalue())
+        assert err.getvalue().count("\n") >= 1 and "Traceback" not in err.getvalue()
+        if "usage:" not in err.getvalue():
+            assert err.getvalue().count("\n") == 1, err.getvalue()
+        assert tree(base) == before, argv

@@ -20,11 +20,13 @@ from typing import Any, TextIO
 
 from . import record as rec
 from . import tokens
+from .changelog import LOG_FILE
 from .codec import JSON
 from .errors import LockedError, WalsessError
 from .fileio import OS
 from .lockfile import DirectoryLock
 from .repair import apply_repair, plan_repair
+from .snapshot import SNAPSHOT_FILE
 from .storedir import StoreDirectory
 from .verify import iter_records, verify_directory
 
@@ -390,10 +392,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse printed the usage
         return 2 if exc.code else 0
-    if args.command not in ("compact", "bench") and not os.path.isdir(args.dir):
-        sys.stderr.write(f"walsess: error: {args.dir} is not a store directory\n")
-        return 2
     try:
+        if args.command != "bench":
+            _check_arguments(args)
         return _COMMANDS[args.command](args, out)
     except BrokenPipeError:  # piped into head: stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -404,8 +405,57 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except (WalsessError, OSError) as exc:
         if args.debug:
             raise
-        sys.stderr.write(f"walsess: error: {exc}\n")
+        sys.stderr.write(f"walsess: error: {_one_line(exc)}\n")
         return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        sys.stderr.write("walsess: interrupted\n")
+        return 130
+    except Exception as exc:
+        # A bug, or something nobody foresaw: still one line, with the way to
+        # the traceback, rather than a traceback a user has to read.
+        if args.debug:
+            raise
+        sys.stderr.write(
+            f"walsess: error: unexpected {type(exc).__name__}: {_one_line(exc)}"
+            " (run with --debug for the traceback)\n"
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse (:class:`UsageError`, exit 2) what is not a store directory, before any
+    command touches it: no command creates a store or writes into a directory that
+    holds none. Cost: one stat and one listing."""
+    directory: str = args.dir
+    shown = directory.encode("utf-8", "backslashreplace").decode("utf-8")
+    if not os.path.exists(directory):
+        raise UsageError(f"{shown} is not a store directory: it does not exist")
+    if not os.path.isdir(directory):
+        raise UsageError(f"{shown} is not a store directory: it is not a directory")
+    try:
+        names = os.listdir(directory)
+    except OSError as exc:
+        raise UsageError(f"{shown} cannot be listed: {exc.strerror}") from None
+    if not any(LOG_FILE.match(n) or SNAPSHOT_FILE.match(n) for n in names):
+        raise UsageError(
+            f"{shown} is not a walsess store: it holds no log (<16 hex digits>.log)"
+            " or snapshot (.snap) file"
+        )
+    session = getattr(args, "session", None)
+    if session is not None:
+        try:
+            session.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                "--session: that is not a token (its bytes are not UTF-8; tokens are"
+                " ASCII, as the cookie holds them)"
+            ) from None
 
 
 def main_entry() -> None:
