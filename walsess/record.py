@@ -33,6 +33,7 @@ import re
 import struct
 import sys
 import warnings
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import IntEnum
 from typing import Any, NamedTuple, Union
@@ -46,6 +47,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "LOG_MAGIC",
+    "MAX_KEYS",
     "MAX_KEY_BYTES",
     "MAX_PAYLOAD_BYTES",
     "RECORD_OVERHEAD",
@@ -89,6 +91,12 @@ _HEAD_SIZE = _RECORD_HEAD.size  # 9
 RECORD_OVERHEAD = _HEAD_SIZE + 4
 
 MAX_KEY_BYTES = 0xFFFF
+#: Most keys one session may hold, and most items one record's item block may
+#: carry (a CREATE's keys, a MODIFY's changes). Decoding one item costs about
+#: 100 bytes of Python objects, so this bounds what a single record can make a
+#: reader allocate (about 7 MB) before it is applied; a web session with more
+#: keys than a u16 can count is a bug, not a workload.
+MAX_KEYS = 0xFFFF
 #: Hard limit of the format on one record's payload; a store's own limit is lower.
 MAX_PAYLOAD_BYTES = 1 << 30
 MAX_SID = 0xFFFF_FFFF
@@ -125,7 +133,8 @@ if not CRC_C_EXTENSION:  # pragma: no cover - depends on the installation
 # directly saves a Python frame per record, which replay speed notices.
 # _crc_c(data, state, table) returns the raw register: xor with 0xffffffff.
 def _crc_via_closure(data: bytes | memoryview, crc: int, table: Any) -> int:
-    return int(_crc_fun(data)) ^ 0xFFFFFFFF
+    # crcmod's closure computes xorout ^ raw(data, xorout ^ crc): undo both xors.
+    return int(_crc_fun(data, crc ^ 0xFFFFFFFF)) ^ 0xFFFFFFFF
 
 
 _defaults: tuple[Any, ...] = _crc_fun.__defaults__ or ()
@@ -509,6 +518,11 @@ def _decode_items(
     width = 7 if kinds else 6
     if n * width > end - pos:
         raise _malformed(f"count {n} cannot fit in the remaining bytes", pos - 4)
+    if n > MAX_KEYS:
+        # Checked before the lengths are unpacked: n items cost ~100 bytes each.
+        raise LimitError(
+            f"record holds {n} items; a session holds at most {MAX_KEYS} keys", None, pos - 4
+        )
     lengths = _item_lengths(n, kinds).unpack_from(buf, pos)
     at = pos
     pos += n * width
@@ -627,19 +641,6 @@ def _decode_payload(
     return rec
 
 
-def _frame_at(buf: bytes, pos: int, end: int) -> int:
-    """Length of the checksum-valid record frame at *pos*, or -1 if there is none."""
-    if end - pos < RECORD_OVERHEAD:
-        return -1
-    n: int = _U32.unpack_from(buf, pos + 5)[0]
-    total = RECORD_OVERHEAD + n
-    if n > MAX_PAYLOAD_BYTES or total > end - pos:
-        return -1
-    if _crc_c(memoryview(buf)[pos : pos + total], 0xFFFFFFFF, _crc_table) != _RESIDUE_RAW:
-        return -1
-    return total
-
-
 class RecordReader:
     """Read the records of a log image, as ``(offset, record)`` pairs.
 
@@ -736,18 +737,125 @@ class RecordReader:
 # zero bytes (a length of 0 with SID 0 is never a valid frame of a zeroed page).
 _CANDIDATE = re.compile(rb"(?=[\x00-\x05](?!\x00{8}))", re.DOTALL)
 
+# -- finding a valid record after a bad one, in linear time ----------------------
+#
+# Checksumming each candidate frame directly costs the sum of their lengths,
+# which a crafted tail makes quadratic (every offset a candidate whose length
+# reaches near the end of the file). CRC-32C is affine over GF(2), and that
+# gives a check in constant work per candidate instead. Write raw(s, D) for the
+# register after feeding bytes D from state s (the C routine's result), and M
+# for feeding one zero byte, a linear map. Then
+#     raw(s, D) = M^|D| s  ^  raw(0, D),   and with P[i] = raw(0, buf[base:i]),
+#     raw(0, buf[a:b]) = P[b] ^ M^(b-a) P[a],   so
+#     raw(F, buf[a:b]) = M^(b-a) (F ^ P[a]) ^ P[b].
+# P is kept every _BLOCK bytes (one pass over the bytes); P at any offset is
+# one CRC call over fewer than _BLOCK bytes from the mark before it; and M^L
+# applied to a register is at most 255 zero bytes through the C routine plus
+# at most six lookups in tables of M^(256 d 16^k). A frame of at most
+# _SHORT_FRAME bytes is simply checksummed. So each candidate costs at most
+# _SHORT_FRAME + 2 * _BLOCK + 255 bytes of CRC and a few dozen operations,
+# whatever its length, and the whole search is linear in the bytes searched.
+
+_BLOCK = 128
+_SHORT_FRAME = 2 * _BLOCK
+_ZEROS = memoryview(bytes(256))
+_POWERS: list[list[array[int]]] = []
+
+
+def _apply(t: array[int], v: int) -> int:
+    """The linear map whose byte tables are *t* applied to register *v*."""
+    return t[v & 255] ^ t[256 | (v >> 8) & 255] ^ t[512 | (v >> 16) & 255] ^ t[768 | v >> 24]
+
+
+def _op_tables(columns: Sequence[int]) -> array[int]:
+    """Byte tables (4 x 256) of the linear map taking bit i to ``columns[i]``."""
+    t = array("I", bytes(4 * 1024))
+    for j in range(4):
+        base = 256 * j
+        for b in range(1, 256):
+            low = b & -b
+            t[base + b] = t[base + (b ^ low)] ^ columns[8 * j + low.bit_length() - 1]
+    return t
+
+
+def _powers() -> list[list[array[int]]]:
+    """Tables of M^(256 d 16^k), k = 0..5, d = 1..15 (covering every frame length
+    up to 2^32): built once per process, 360 KiB, tens of milliseconds."""
+    if not _POWERS:
+        crc_c, table = _crc_c, _crc_table
+        unit = _op_tables([crc_c(_ZEROS, 1 << i, table) for i in range(32)])  # M^256
+        levels = []
+        for _ in range(6):
+            row = [unit]
+            for _d in range(2, 16):
+                prev = row[-1]
+                row.append(_op_tables([_apply(unit, _apply(prev, 1 << i)) for i in range(32)]))
+            levels.append(row)
+            last = row[-1]
+            unit = _op_tables([_apply(unit, _apply(last, 1 << i)) for i in range(32)])
+        _POWERS[:] = levels
+    return _POWERS
+
+
+def _advance(v: int, length: int) -> int:
+    """M^length v: the register *v* after *length* zero bytes, in O(log length)."""
+    low = length & 255
+    if low:
+        v = _crc_c(_ZEROS[:low], v, _crc_table)
+    high = length >> 8
+    if high:
+        levels = _powers()
+        k = 0
+        while high:
+            d = high & 15
+            if d:
+                v = _apply(levels[k][d - 1], v)
+            high >>= 4
+            k += 1
+    return v
+
 
 def next_valid_record(buf: bytes, after: int) -> int | None:
     """Offset of the first checksum-valid record frame starting after *after*, or None.
 
     This is what tells a torn tail (nothing valid follows: cut it) from
     corruption (a valid record follows a bad one: refuse). It tries every byte
-    offset, so it costs O(bytes after *after*); zero-filled runs are skipped
-    at C speed.
+    offset, yet costs time linear in the bytes after *after* whatever they hold:
+    a frame that runs past the end is rejected before any checksum, and a long
+    frame is checked from running checksums rather than read again (see the
+    comment above). Memory: 4 bytes per 128 bytes searched. Zero-filled runs
+    are skipped at C speed.
     """
     end = len(buf)
-    for m in _CANDIDATE.finditer(buf, after + 1):
+    mv = memoryview(buf)
+    crc_c, table, residue = _crc_c, _crc_table, _RESIDUE_RAW
+    unpack = _U32.unpack_from
+    base = max(after + 1, 0)
+    marks: array[int] | None = None  # marks[j] = P[base + j * _BLOCK]
+    for m in _CANDIDATE.finditer(buf, base):
         pos = m.start()
-        if _frame_at(buf, pos, end) > 0:
+        if end - pos < RECORD_OVERHEAD:
+            break  # every later offset is shorter still
+        total = RECORD_OVERHEAD + unpack(buf, pos + 5)[0]
+        if total > end - pos or total > RECORD_OVERHEAD + MAX_PAYLOAD_BYTES:
+            continue
+        stop = pos + total
+        if total <= _SHORT_FRAME:
+            if crc_c(mv[pos:stop], 0xFFFFFFFF, table) == residue:
+                return pos
+            continue
+        if marks is None:
+            marks = array("I", [0])
+            state = 0
+            for at in range(base, end - _BLOCK + 1, _BLOCK):
+                state = crc_c(mv[at : at + _BLOCK], state, table)
+                marks.append(state)
+        j = (pos - base) // _BLOCK
+        at = base + j * _BLOCK
+        p_start = crc_c(mv[at:pos], marks[j], table)
+        j = (stop - base) // _BLOCK
+        at = base + j * _BLOCK
+        p_stop = crc_c(mv[at:stop], marks[j], table)
+        if _advance(0xFFFFFFFF ^ p_start, total) ^ p_stop == residue:
             return pos
     return None
