@@ -75,6 +75,9 @@ mutations = st.one_of(
     st.tuples(st.just("zero_page"), st.integers(0, 10**6), st.integers(1, 4096)),
     st.tuples(st.just("huge_length"), st.integers(0, 10**6), st.sampled_from([2**31, 2**32 - 1])),
     st.tuples(st.just("garbage"), st.integers(0, 10**6), st.integers(1, 64)),
+    # A run of a short pattern: record-like frames at many offsets (issue 10's
+    # `00 00 00 01`), which once made the search after a bad record quadratic.
+    st.tuples(st.just("pattern"), st.integers(0, 10**6), st.integers(1, 4096)),
     st.tuples(st.just("magic"), st.just(0), st.just(0)),
     st.tuples(st.just("future_version"), st.just(0), st.just(0)),
 )
@@ -95,6 +98,8 @@ def mutate(buf: bytes, how: tuple[str, int, int], rng_bytes: bytes) -> bytes:
         b[pos : pos + 4] = arg.to_bytes(4, "little")
     elif kind == "garbage":
         b[at:at] = (rng_bytes * (arg // max(len(rng_bytes), 1) + 1))[:arg]
+    elif kind == "pattern":
+        b[at:at] = ((rng_bytes[:4] or b"\x00") * arg)[: 4 * arg]
     elif kind == "magic":
         b[0:8] = b"NOTMAGIC"
     elif kind == "future_version":
