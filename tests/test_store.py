@@ -772,3 +772,28 @@ def test_a_store_other_users_can_write_is_refused(store_dir: str, clock: FakeClo
     assert sorted(os.listdir(store_dir)) == before  # refused before recovery touched anything
     with walsess.open(store_dir, clock=clock) as store:
         assert store.exists(token)
+
+
+def test_a_session_holds_at_most_max_keys(store: walsess.Store) -> None:
+    """Issue 10, defect 4: the reader refuses a record with more than MAX_KEYS
+    items, so the write path refuses to make one, with nothing written."""
+    limit = r.MAX_KEYS
+    full = {f"k{i}": 0 for i in range(limit)}
+    before = store.stats()["records_appended"]
+    with pytest.raises(walsess.TooManyKeys, match="65,535"):
+        store.create({**full, "one more": 1})
+    s = store.create(full)
+    with pytest.raises(walsess.TooManyKeys):
+        s["one more"] = 1
+    with pytest.raises(walsess.TooManyKeys):
+        s.update({"one more": 1})
+    with pytest.raises(walsess.TooManyKeys):
+        s.replace({**full, "one more": 1})
+    assert store.stats()["records_appended"] == before + 1
+    s["k0"] = 1  # changing a key it has is fine
+    s.update([("k1", None)])
+    del s["k2"]
+    s["new"] = 1  # back under the limit after a delete
+    assert len(s) == limit
+    with pytest.raises(walsess.TooManyKeys, match="one change"):
+        s.write_encoded({f"x{i}": None for i in range(limit + 1)})

@@ -109,5 +109,10 @@ class ValueTooLarge(ValidationError):
     """An encoded value longer than the store's ``max_value_bytes``."""
 
 
+class TooManyKeys(ValidationError):
+    """A change that would give a session more keys than the format allows
+    (:data:`walsess.record.MAX_KEYS`, 65,535), or one record more changes."""
+
+
 class CodecError(ValidationError):
     """A value the store's codec cannot encode (for JSON: sets, bytes, objects, NaN)."""

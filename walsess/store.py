@@ -37,6 +37,7 @@ from .errors import (
     StoreForked,
     StoreFull,
     StorePoisoned,
+    TooManyKeys,
     ValidationError,
     ValueTooLarge,
 )
@@ -499,6 +500,8 @@ class Store:
             if len(vb) > limit:
                 raise self._too_large(vb)
             data[key] = vb
+        if len(data) > rec.MAX_KEYS:
+            raise _too_many_keys(len(data))
         return data, rec.keys_bytes(data), list(data.values())
 
     @staticmethod
@@ -803,6 +806,8 @@ class Store:
                 now < st.idle_deadline and now < st.hard_deadline
             ):
                 self._live_state(st, handle._digest)
+            if len(st.data) >= rec.MAX_KEYS and key not in st.data:
+                raise _too_many_keys(len(st.data) + 1)
             try:
                 pos = self._log.append(record)
             except StorePoisoned as exc:
@@ -850,6 +855,10 @@ class Store:
                 if len(vb) > limit:
                     raise self._too_large(vb)
             encoded.append((rec.key_bytes(key), vb))
+        if len(encoded) > rec.MAX_KEYS:  # the reader refuses a longer change list
+            raise TooManyKeys(
+                f"one change may set or delete at most {rec.MAX_KEYS:,} keys, not {len(encoded):,}"
+            )
         st = handle._state
         record = rec.encode_modify(st.sid, clear, encoded)
         if len(record) > rec.MAX_PAYLOAD_BYTES:
@@ -859,6 +868,16 @@ class Store:
             self._live_state(st, handle._digest)
             if must_exist is not None and must_exist not in st.data:
                 raise KeyError(must_exist)
+            data = st.data
+            if len(data) + len(changes) > rec.MAX_KEYS:  # only then count exactly
+                keys = set() if clear else set(data)
+                for key, vb in changes:
+                    if vb is None:
+                        keys.discard(key)
+                    else:
+                        keys.add(key)
+                if len(keys) > rec.MAX_KEYS:
+                    raise _too_many_keys(len(keys))
             pos = self._commit(record)
             SessionTable.modify(st, clear, changes)
         if self._always:
@@ -1235,6 +1254,12 @@ class Store:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._table)} sessions"
         return f"<walsess.Store {self.path!r} {self.durability} {state}>"
+
+
+def _too_many_keys(count: int) -> TooManyKeys:
+    return TooManyKeys(
+        f"a session may hold at most {rec.MAX_KEYS:,} keys; this change would give it {count:,}"
+    )
 
 
 def _make_dir(path: str, fs: FileSystem) -> bool:
