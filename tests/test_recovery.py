@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -564,3 +565,20 @@ def merge(base: Model, new: Model) -> Model:
     out.sessions.update({t: dict(d) for t, d in new.sessions.items()})
     out.unknown += new.unknown
     return out
+
+
+def test_a_log_under_another_generations_name_is_refused(tmp_path: Path) -> None:
+    """Issue 10, defect 9: open applies check's rule that a log header's
+    generation matches its file name (a log copied under the next name)."""
+    path = str(tmp_path / "s")
+    with walsess.open(path, cleanup_interval=None) as store:
+        store.create({"a": 1})
+    logs = sorted(n for n in os.listdir(path) if n.endswith(".log"))
+    newest = logs[-1]
+    generation = int(newest.split(".")[0], 16)
+    copy = os.path.join(path, f"{generation + 1:016x}.log")
+    shutil.copyfile(os.path.join(path, newest), copy)
+    os.chmod(copy, 0o600)
+    with pytest.raises(walsess.CorruptionError, match="generation") as info:
+        walsess.open(path)
+    assert info.value.path == copy and info.value.offset == 12

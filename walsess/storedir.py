@@ -164,6 +164,15 @@ class StoreDirectory:
             )
             replays.append(last)
             records += last.records
+            if last.header is not None and last.header.generation != g:
+                # The same rule as `walsess check`: a log copied or renamed
+                # under another generation's name is not that generation.
+                raise CorruptionError(
+                    f"header says generation {last.header.generation}, but the file name says"
+                    f" {g}: a copied or renamed log",
+                    path,
+                    12,
+                )
             if last.header is not None and not s <= last.header.follows <= g:
                 raise CorruptionError(
                     f"log follows snapshot {last.header.follows}, but snapshot {s} was loaded:"
