@@ -1,6 +1,8 @@
 """``walsess repair``: after ``repair --yes`` the store opens, ``check`` passes, and
-every session whose records are intact (before the first damaged record of their
-file, or behind a damaged header) is kept.
+every session whose records are intact is kept: in a log, the records before the
+first damaged one (or behind a damaged header); in a snapshot, every session
+whose record is undamaged (a damaged session costs only itself), and nothing
+that was not there.
 
 The property runs over the damage kinds the fuzz suite (tests/test_fuzz.py:
 bit flips anywhere including headers, truncation, zeroed pages, inserted
@@ -204,9 +206,20 @@ def test_repair_keeps_every_intact_session_of_a_damaged_snapshot(
         Path(d, snapshot_name(2)).write_bytes(mutate(body, how, junk))
         Path(d, f"{2:016x}.log").write_bytes(r.encode_header(2, 2))
         start, end = damaged_range(how, len(body))
-        keep = intact_prefix(bounds_of(header, list(sessions)), start, end)
-        acceptable = prefix_states(list(sessions))[keep:]
-        assert repaired_state(d) in acceptable
+        bounds = bounds_of(header, list(sessions))
+        keep = intact_prefix(bounds, start, end)
+        intact = set(range(keep))
+        if how[0] != "garbage" and end <= bounds[-1]:
+            # Damage in place that spares the END: a damaged session costs only
+            # itself, the sessions after it are read again.
+            intact |= {
+                i for i in range(len(sessions)) if bounds[i + 1] <= start or bounds[i] >= end
+            }
+        full = prefix_states(list(sessions))[-1]
+        got = repaired_state(d)
+        assert all(full.get(sid) == state for sid, state in got.items()), "a session changed"
+        missing = {i for i in intact if sessions[i].sid not in got}
+        assert not missing, (missing, got.keys())
 
 
 # -- the recovery suite's damage on a real store's log and snapshot --------------------
@@ -284,3 +297,26 @@ def test_every_header_bit_of_a_real_snapshot(tmp_path: Path) -> None:
             assert cli("check", path)[0] == 0
     with walsess.open(path, **QUIET) as store:
         assert {t: dict(s) for t in made if (s := store.get(t)) is not None} == made
+
+
+def test_a_record_inside_a_damaged_value_is_never_taken_for_a_session(tmp_path: Path) -> None:
+    """A stored value can hold the bytes of a valid CREATE (anyone who can set a value
+    can craft one, with a digest of a token they know). When the record around it is
+    damaged, reading resumes at that fake record; it ends inside the value, where the
+    next read fails, so the resumption is refused and the fake never becomes a session."""
+    fake = r.Create(99, b"\x01" * 32, 1.0, 100.0, 101.0, float("inf"), None, None, ())
+    real = [
+        r.Create(1, b"\x02" * 32, 1.0, 100.0, 101.0, float("inf"), None, None, ()),
+        r.Create(2, b"\x03" * 32, 1.0, 100.0, 101.0, float("inf"), None, None,
+                 (("v", r.encode_record(fake) + b"tail"),)),
+        r.Create(3, b"\x04" * 32, 1.0, 100.0, 101.0, float("inf"), None, None, ()),
+    ]  # fmt: skip
+    header = r.encode_header(2, 0, r.SNAPSHOT_MAGIC)
+    body = bytearray(header + b"".join(map(r.encode_record, real)) + r.encode_end(3))
+    second = bounds_of(header, list(real))[1]
+    body[second + 1] ^= 0x40  # the SID of the record holding the fake: its CRC fails
+    d = str(tmp_path)
+    Path(d, snapshot_name(2)).write_bytes(bytes(body))
+    Path(d, f"{2:016x}.log").write_bytes(r.encode_header(2, 2))
+    got = repaired_state(d)
+    assert 99 not in got and 1 in got

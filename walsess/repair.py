@@ -13,9 +13,11 @@ record of their file is kept. In particular:
   their own checksums, so a header is never a reason to drop them.
 * A log is cut at its first bad record, and the logs after it are moved aside
   (their changes depend on what was lost, as redis-check-aof truncates).
-* A snapshot is cut at its first bad record and closed with an END record for
-  the sessions before it, unless older files already give the full state (the
-  store opens without it): then it is moved aside, so a partial snapshot never
+* A snapshot keeps every session whose record is intact: a damaged record
+  costs only itself (reading resumes at the next valid record, if reading
+  from there runs cleanly to the END at the end of the file), and the file is
+  closed with a new END. If older files already give the full state (the store
+  opens without it) it is moved aside instead, so a partial snapshot never
   shadows a complete state.
 * A header whose checksum is valid but which says another kind, generation
   or a newer format version is not damage but a misplaced file or a newer
@@ -133,13 +135,55 @@ def _records_start(buf: bytes) -> int:
     return HEADER_SIZE  # the first record is damaged too: the cut below drops it
 
 
-def _close_snapshot(head: bytes) -> bytes:
-    """*head* (a header and records up to a cut) with an END for the sessions in it."""
-    kept: list[Record] = []
-    RecordReader(head).replay(lambda _pos, r: kept.append(r))
-    if kept and type(kept[-1]) is End:
-        return head
-    return head + encode_end(sum(1 for r in kept if type(r) is Create))
+def _salvage_snapshot(buf: bytes, good_end: int) -> tuple[bytes, int, int]:
+    """The sessions of the snapshot image *buf* (header intact) whose records are
+    intact, as a new image closed by an END; returns (image, sessions, bytes dropped).
+
+    Snapshot records are independent (one CREATE per SID), so a damaged one costs
+    only itself: after it, reading resumes at the next checksum-valid record. That
+    resumption is trusted only if reading from it then runs cleanly to an END
+    record ending exactly at the end of the file, with no SID twice and no more
+    sessions than the END counts: a record found inside a damaged record's payload
+    (a stored value can hold bytes that look like a record) ends inside that
+    payload, where the next read fails, so it is never taken for a session.
+    Otherwise only the records before *good_end* are kept. Cost: linear in *buf*.
+    """
+    head: list[tuple[int, Record]] = []
+    reader = RecordReader(buf[:good_end])
+    reader.replay(lambda pos, x: head.append((pos, x)))
+    bounds = [pos for pos, _ in head] + [reader.end]
+    kept = [(bounds[i], bounds[i + 1], x) for i, (_, x) in enumerate(head) if type(x) is Create]
+    prefix = b"".join(buf[a:b] for a, b, _ in kept)
+    cut = (
+        buf[:HEADER_SIZE] + prefix + encode_end(len(kept)),
+        len(kept),
+        len(buf) - HEADER_SIZE - len(prefix),
+    )
+    resume = next_valid_record(buf, good_end)
+    if resume is None:
+        return cut
+    tail: list[tuple[int, Record]] = []
+    reader = RecordReader(buf, resume)
+    try:
+        reader.replay(lambda pos, x: tail.append((pos, x)))
+    except FileError:
+        return cut
+    if reader.stop is not None or not tail:
+        return cut
+    last_pos, last = tail[-1]
+    after = [x for _, x in tail[:-1]]
+    sids = [x.sid for _, _, x in kept] + [x.sid for x in after]
+    if (
+        type(last) is not End
+        or any(type(x) is not Create for x in after)
+        or len(set(sids)) != len(sids)
+        or len(sids) > last.sessions
+    ):
+        return cut
+    records = prefix + buf[resume:last_pos]
+    image = buf[:HEADER_SIZE] + records + encode_end(len(sids))
+    # The old END is replaced, not dropped: the damaged bytes are the rest.
+    return image, len(sids), len(buf) - HEADER_SIZE - len(records) - (len(buf) - last_pos)
 
 
 def plan_repair(directory: str, fs: FileSystem = OS) -> list[RepairStep]:
@@ -210,17 +254,18 @@ def plan_repair(directory: str, fs: FileSystem = OS) -> list[RepairStep]:
                     )
                 )
                 continue
-            texts.append(
-                f"cut {name} at offset {end}: {dropped:,} bytes dropped,"
-                f" {report.records:,} records kept"
-            )
-            content = content[:end]
             if kind == "snapshot":
-                content = _close_snapshot(content)
-                texts[-1] += (
-                    ", and close it with a new END record (salvaging the sessions before it)"
+                content, kept, dropped = _salvage_snapshot(content, end)
+                texts.append(
+                    f"rebuild {name} from its intact records: {kept:,} sessions kept,"
+                    f" {dropped:,} damaged bytes from offset {end} dropped, closed with a new END"
                 )
             else:
+                texts.append(
+                    f"cut {name} at offset {end}: {dropped:,} bytes dropped,"
+                    f" {report.records:,} records kept"
+                )
+                content = content[:end]
                 cut_log = g
         steps.append(RepairStep(path, kind, "; ".join(texts), content, damage))
     return steps
