@@ -312,3 +312,25 @@ def test_odd_arguments_never_traceback_or_create(
         if "usage:" not in err.getvalue():
             assert err.getvalue().count("\n") == 1, err.getvalue()
         assert tree(base) == before, argv
+
+
+@pytest.mark.parametrize("header", [b"", b"\x00" * 32, b"WSSL", b"\x00" * 10])
+def test_check_and_open_agree_on_an_unwritten_newest_log_header(
+    tmp_path: Path, header: bytes
+) -> None:
+    """Issue 10, defect 9: one rule for open and check. A newest log whose header
+    never landed (a crash while creating it) is a crash artifact to open, which
+    starts it again, so check must not call it corruption."""
+    path = str(tmp_path / "s")
+    with walsess.open(path, cleanup_interval=None) as store:
+        token = store.create({"a": 1}).id
+    logs = sorted(n for n in os.listdir(path) if n.endswith(".log"))
+    generation = int(logs[-1].split(".")[0], 16)
+    newest = os.path.join(path, f"{generation + 1:016x}.log")
+    with open(newest, "wb") as f:
+        f.write(header)
+    os.chmod(newest, 0o600)
+    result = run("check", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with walsess.open(path) as store:
+        assert store.exists(token)

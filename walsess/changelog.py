@@ -70,7 +70,7 @@ class LogReplay:
     cut: Cut | None
 
 
-def _looks_unwritten(buf: bytes) -> bool:
+def looks_unwritten(buf: bytes) -> bool:
     """A header that never fully landed (all zeros, or a prefix of our magic) with
     no valid record anywhere after it: only then is the file a crash artifact."""
     head = buf[:HEADER_SIZE]
@@ -98,7 +98,7 @@ def replay_log(
     try:
         header = decode_header(buf)
     except FileError as exc:
-        if newest and _looks_unwritten(buf):
+        if newest and looks_unwritten(buf):
             # The file was created but its header never landed: a crash artifact
             # of creation. The caller starts it again.
             return LogReplay(
