@@ -102,18 +102,10 @@ class FlaskSession(RequestSession, SessionMixin):
       came with the cookie, or it was destroyed); looks the session up.
     """
 
-    __slots__ = ("_marked", "_used")
-
-    def __init__(
-        self,
-        store: Store,
-        token: str | None,
-        *,
-        meta: Callable[[], Mapping[str, Any] | None] | None = None,
-    ) -> None:
-        super().__init__(store, token, meta=meta)
-        self._used = False
-        self._marked = False
+    # Defaults an instance overrides when Flask sets ``accessed`` or the
+    # application sets ``modified`` (SessionMixin gives instances a __dict__).
+    _used = False
+    _marked = False
 
     @property
     def accessed(self) -> bool:
