@@ -1100,3 +1100,30 @@ def test_a_compact_ratio_that_cannot_work_is_refused(store_dir: str, ratio: floa
     with pytest.raises(walsess.ValidationError, match="compact_ratio"):
         walsess.open(store_dir, compact_ratio=ratio)
     assert not os.path.exists(os.path.join(store_dir, "LOCK"))
+
+
+def test_a_compactor_that_cannot_start_fails_no_write(
+    store_dir: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10, defect 2's class: nothing that can fail runs between writing a
+    record and applying it. Starting the compactor thread happens there; a
+    process out of threads must not leave a logged change unapplied."""
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name == "walsess-compactor":
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with walsess.open(
+        store_dir, clock=clock, durability="never", cleanup_interval=None,
+        compact_ratio=2.0, compact_min_bytes=1,
+    ) as store:  # fmt: skip
+        tokens = [store.create({"i": i}).id for i in range(50)]
+        assert all(store.exists(t) for t in tokens)
+        assert store.stats()["compaction_failures"] >= 1
+        assert "can't start new thread" in store.stats()["last_compaction_error"]
+    monkeypatch.undo()
+    with walsess.open(store_dir, clock=clock) as store:
+        assert all(store.exists(t) for t in tokens)

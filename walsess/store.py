@@ -1099,11 +1099,17 @@ class Store:
                 self._compact_at = max(self._compact_at, self._compact_not_before)
 
     def _start_compaction(self) -> None:
-        """Under the lock: start a background compaction unless one is running."""
+        """Under the lock, after an append and before it is applied: start a
+        background compaction. Never raises: a thread that cannot start (the
+        process is out of threads) is a failed compaction, which backs off."""
         self._compact_at = _INF  # until this compaction sets it again
         thread = threading.Thread(target=self._auto_compact, name="walsess-compactor", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            self._compaction_failed(exc)
+            return
         self._compactor = thread
-        thread.start()
 
     def _auto_compact(self) -> None:
         try:
@@ -1112,21 +1118,27 @@ class Store:
             pass
         except Exception as exc:
             with self._lock:
-                self._compact_failures += 1
-                self._compact_error = f"{type(exc).__name__}: {exc}"
-                # Back off: the next try waits until the log has grown 2**k times
-                # past its size now, so a disk that stays full costs O(log n)
-                # attempts for n writes, not a compaction (and a thread) per write.
-                self._compact_not_before = self._log.size * 2 ** min(self._compact_failures, 30)
-                self._set_compact_threshold()
-                retry = self._compact_at
-            log.exception(
-                "walsess: background compaction of %s failed (%d in a row); next try once"
-                " the log reaches %d bytes",
-                self.path,
-                self._compact_failures,
-                retry,
-            )
+                self._compaction_failed(exc)
+
+    def _compaction_failed(self, exc: BaseException) -> None:
+        """Under the lock: count a failed background compaction and back off.
+
+        The next try waits until the log has grown 2**k times past its size
+        now, so a disk that stays full costs O(log n) attempts for n writes,
+        not a compaction (and a thread) per write.
+        """
+        self._compact_failures += 1
+        self._compact_error = f"{type(exc).__name__}: {exc}"
+        self._compact_not_before = self._log.size * 2 ** min(self._compact_failures, 30)
+        self._set_compact_threshold()
+        log.error(
+            "walsess: background compaction of %s failed (%d in a row); next try once"
+            " the log reaches %d bytes",
+            self.path,
+            self._compact_failures,
+            self._compact_at,
+            exc_info=exc,
+        )
 
     def compact(self) -> Compaction:
         """Write the live sessions as a snapshot and start a new log generation.
