@@ -144,3 +144,12 @@ def test_help_hides_scale(tmp_path: Path) -> None:
     for option in ("--quick", "--full", "--only", "--json", "--png", "--workdir"):
         assert option in res.stdout
     assert "--scale" not in res.stdout
+
+
+def test_the_benchmark_does_not_import_the_cli() -> None:
+    # Imports go one way (issue 11): the benchmark shares the progress bar with
+    # `walsess check` through walsess.progress, not by reaching into walsess.cli.
+    probe = "import sys, walsess.benchmark.runner; print('walsess.cli' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"

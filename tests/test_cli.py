@@ -21,6 +21,7 @@ import walsess
 from walsess import cli as cli_module
 from walsess import record as r
 from walsess.cli import main
+from walsess.progress import Progress
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -179,6 +180,23 @@ def test_compact_command(built: tuple[str, dict[str, dict[str, object]]]) -> Non
         for token, d in data.items():
             got = store.get(token)
             assert got is not None and dict(got) == d
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_draws_on_a_terminal_and_erases_itself() -> None:
+    term = _Terminal()
+    bar = Progress(2, "checking", stream=term)
+    bar.step("0000000000000001.log")
+    assert term.getvalue().startswith("\rchecking [" + "#" * 15 + "." * 15 + "] 1/2 ")
+    assert "0000000000000001.log" in term.getvalue()
+    bar.step("snapshot")
+    assert "[" + "#" * 30 + "] 2/2 snapshot" in term.getvalue()
+    bar.finish()
+    assert term.getvalue().endswith("\r" + " " * 100 + "\r")
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:

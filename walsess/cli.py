@@ -25,6 +25,7 @@ from .codec import JSON
 from .errors import LockedError, WalsessError
 from .fileio import OS
 from .lockfile import DirectoryLock
+from .progress import Progress
 from .repair import apply_repair, plan_repair
 from .snapshot import SNAPSHOT_FILE
 from .storedir import StoreDirectory
@@ -35,33 +36,6 @@ __all__ = ["main"]
 
 class UsageError(Exception):
     """Bad arguments: exit status 2."""
-
-
-class Progress:
-    """A one-line progress bar on a terminal; silent when stderr is not one."""
-
-    def __init__(self, total: int, label: str, stream: TextIO = sys.stderr) -> None:
-        self.total = max(total, 1)
-        self.label = label
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.done = 0
-
-    def step(self, what: str = "") -> None:
-        self.done += 1
-        if self.enabled:
-            width = 30
-            filled = width * self.done // self.total
-            self.stream.write(
-                f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}]"
-                f" {self.done}/{self.total} {what[-40:]:<40}"
-            )
-            self.stream.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + " " * 100 + "\r")
-            self.stream.flush()
 
 
 def _size(n: int) -> str:

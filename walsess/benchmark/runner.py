@@ -37,7 +37,7 @@ from typing import Any, TextIO
 
 import walsess
 
-from ..cli import Progress
+from ..progress import Progress
 from . import web
 from .peers import BASELINE, DURABLE_BASELINE, FLOORS, PEERS, PIP_HINT, PeerSpec, peer_names
 from .workloads import (
