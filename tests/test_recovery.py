@@ -582,3 +582,60 @@ def test_a_log_under_another_generations_name_is_refused(tmp_path: Path) -> None
     with pytest.raises(walsess.CorruptionError, match="generation") as info:
         walsess.open(path)
     assert info.value.path == copy and info.value.offset == 12
+
+
+def _store_with_snapshot_and_log(path: str) -> None:
+    """5 sessions in a snapshot, then 4 records after it (2 creates, a change,
+    a destroy): 6 sessions in the table after a reopen."""
+    with walsess.open(path, clock=_Clock(), **QUIET) as store:
+        first = [store.create({"i": i}) for i in range(5)]
+        store.compact()
+        store.create({"i": 5})
+        second = store.create({"i": 6})
+        first[0]["i"] = 10
+        store.destroy(second.id)
+
+
+def test_recovery_says_what_it_read_and_how_long_it_took(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11: ``store.recovery`` counts the sessions and records it read, and
+    times the whole recovery (the first reading of the monotonic clock is taken
+    before anything is read, the last after the log is open for append)."""
+    from walsess import storedir
+
+    path = str(tmp_path / "s")
+    _store_with_snapshot_and_log(path)
+    readings = iter([100.0, 102.5])
+    monkeypatch.setattr(storedir, "monotonic", lambda: next(readings))
+    with walsess.open(path, clock=_Clock(), **QUIET) as store:
+        recovery = store.recovery
+        assert next(readings, None) is None, "recovery read the clock other than twice"
+        assert recovery.seconds == 2.5
+        assert recovery.snapshot_sessions == 5
+        assert recovery.records == 4
+        assert recovery.sessions == 6 == len(list(store.sessions()))
+    monkeypatch.undo()
+    with walsess.open(path, clock=_Clock(), **QUIET) as store:
+        assert 0 <= store.recovery.seconds < 60  # a real measurement this time
+
+
+def test_walsess_stats_shows_what_an_open_reads_and_how_long_it_took(tmp_path: Path) -> None:
+    # Imported here: this file's imports are shared with other work in progress.
+    import io
+    import json
+
+    from walsess.cli import main
+
+    path = str(tmp_path / "s")
+    _store_with_snapshot_and_log(path)
+    out = io.StringIO()
+    assert main(["stats", "--json", path], out) == 0
+    info = json.loads(out.getvalue())
+    assert (info["sessions_read"], info["snapshot_sessions"], info["log_records"]) == (6, 5, 4)
+    assert isinstance(info["load_seconds"], float) and 0 <= info["load_seconds"] < 60
+    out = io.StringIO()
+    assert main(["stats", path], out) == 0
+    lines = dict(line.split(None, 1) for line in out.getvalue().splitlines())
+    assert lines["sessions_read"] == "6"
+    assert float(lines["load_seconds"]) >= 0

@@ -191,7 +191,9 @@ def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     d = StoreDirectory(args.dir, OS)
+    started = time.monotonic()
     loaded = d.load(rec.MAX_PAYLOAD_BYTES)
+    seconds = time.monotonic() - started
     snap_bytes, log_bytes = d.sizes()
     table = loaded.table
     now = time.time()
@@ -209,12 +211,19 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
         "snapshot_bytes": snap_bytes,
         "log_bytes": log_bytes,
         "torn_tail_bytes": sum(r.cut.dropped for r in loaded.logs if r.cut is not None),
+        # What an open would read, and how long reading it took (store.recovery
+        # has the same two figures for an open store).
+        "sessions_read": len(table),
+        "load_seconds": seconds,
     }
     if args.json:
         out.write(json.dumps(info) + "\n")
     else:
         for k, v in info.items():
-            out.write(f"{k:<20} {v:,}\n" if isinstance(v, int) else f"{k:<20} {v}\n")
+            if isinstance(v, float):
+                out.write(f"{k:<20} {v:,.3f}\n")
+            else:
+                out.write(f"{k:<20} {v:,}\n" if isinstance(v, int) else f"{k:<20} {v}\n")
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from time import monotonic
 
 from .changelog import LOG_FILE, ChangeLog, Cut, LogReplay, log_name, replay_log
 from .errors import CorruptionError, FileError
@@ -50,6 +51,12 @@ class Recovery:
     skipped: tuple[str, ...]
     #: Obsolete files deleted (stale logs, old snapshots, temporary files).
     removed: tuple[str, ...]
+    #: Sessions in the table after recovery (from the snapshot and the logs;
+    #: those expired but not yet collected included).
+    sessions: int
+    #: How long recovery took, in seconds: a measurement (``time.monotonic``),
+    #: not the store's clock, which tests move by hand.
+    seconds: float
 
     @property
     def clean(self) -> bool:
@@ -186,6 +193,7 @@ class StoreDirectory:
     def recover(self, max_value: int) -> tuple[SessionTable, ChangeLog, Recovery]:
         """:meth:`load`, then make the directory writable: remove temporary and
         stale files, cut a torn tail, and open the newest log for append."""
+        started = monotonic()
         fs = self._fs
         removed = [os.path.join(self.path, n) for n in os.listdir(self.path) if _TMP_FILE.match(n)]
         for path in removed:
@@ -212,6 +220,8 @@ class StoreDirectory:
             cuts=tuple(r.cut for r in loaded.logs if r.cut is not None),
             skipped=loaded.skipped,
             removed=tuple(removed),
+            sessions=len(loaded.table),
+            seconds=monotonic() - started,
         )
         return loaded.table, log, recovery
 
