@@ -297,6 +297,64 @@ class FloorDictWrite(FloorDict):
             self.fd = -1
 
 
+class FloorJson(Peer):
+    """The open floor: every session in one JSON object of objects (token -> {key:
+    value}), read with one ``f.read()`` and parsed with one ``json.loads`` at open.
+
+    The least a restart of a store whose sessions are held as Python objects
+    can cost: one C-level parse of the whole state, with no framing, checksums,
+    expiry or indexes. Kept in memory between open and close and written whole
+    on close (only if changed), so only the open workload runs on this row.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     floor = FloorJson(d)
+    ...     token = floor.create({"cart": [1, 2], "theme": "dark"})
+    ...     floor.close()
+    ...     FloorJson(d).read(token)
+    {'cart': [1, 2], 'theme': 'dark'}
+    """
+
+    FILE = "sessions.json"
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.join(path, self.FILE)
+        self.changed = False
+        self.table: dict[str, Data] = {}
+        try:
+            with open(self.path, "rb") as f:
+                self.table = json.loads(f.read())
+        except FileNotFoundError:
+            pass
+
+    def create(self, data: Mapping[str, Any]) -> str:
+        t = new_token()
+        self.table[t] = dict(data)
+        self.changed = True
+        return t
+
+    def set(self, token: str, key: str, value: Any) -> None:
+        d = self.table.get(token)
+        if d is not None:
+            d[key] = value
+            self.changed = True
+
+    def read(self, token: str) -> Data | None:
+        d = self.table.get(token)
+        return None if d is None else dict(d)
+
+    def destroy(self, token: str) -> None:
+        if self.table.pop(token, None) is not None:
+            self.changed = True
+
+    def close(self) -> None:
+        if self.changed:
+            with open(self.path, "w") as f:
+                f.write(json.dumps(self.table))
+            self.changed = False
+        self.table = {}
+
+
 # -- sqlite3 ------------------------------------------------------------------------------
 
 
@@ -793,6 +851,8 @@ class PeerSpec:
     modules: tuple[str, ...] = ()
     programs: tuple[str, ...] = ()
     install: str = ""
+    #: The only workloads this row runs (None: every one that applies to it).
+    workloads: tuple[str, ...] | None = None
 
     def missing(self) -> str | None:
         """Why this row cannot run here, with how to install what it needs; None if it can."""
@@ -831,6 +891,13 @@ _REDIS_INSTALL = "apt-get install redis-server"
 PEERS: tuple[PeerSpec, ...] = (
     PeerSpec("floor-dict", "dict of dicts, json.dumps; no I/O", FloorDict, False, False),
     PeerSpec("floor-dict-write", "the same + one os.write per change", FloorDictWrite, False),
+    PeerSpec(
+        "floor-json",
+        "one JSON object of objects, json.loads at open",
+        FloorJson,
+        False,
+        workloads=("open",),
+    ),
     PeerSpec("walsess-interval", "walsess, durability='interval'", _walsess("interval"), False),
     PeerSpec("walsess-always", "walsess, durability='always'", _walsess("always"), True),
     PeerSpec("sqlite-normal", "sqlite3, WAL, synchronous=NORMAL", _sqlite("NORMAL"), False),

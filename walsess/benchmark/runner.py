@@ -15,7 +15,8 @@ Ratios are this row's figure over the reference row's, in the same unit:
 above 1 is more ops/s (better) for throughput, more seconds or bytes
 (worse) for open, memory and disk. The references are sqlite-normal and the
 two floors; for the durable workloads, which only durable rows run,
-sqlite-full.
+sqlite-full. The printed open table also has a column for floor-json (one
+``json.loads`` of the same sessions, open's floor: ``Workload.floors``).
 """
 
 from __future__ import annotations
@@ -327,10 +328,10 @@ def run_footprints(
 ) -> None:
     """Open time, memory and disk: build each row's store, then measure it in a fresh process."""
     foot = [w for w in works if not w.per_request]
-    by_name = {w.name: w for w in foot}
     n = s.open_sessions
     for spec in rows:
-        if not any(applies(w, spec) for w in foot):
+        by_name = {w.name: w for w in foot if applies(w, spec)}
+        if not by_name:
             continue
         path = os.path.join(workdir, f"{spec.name}-open")
         try:
@@ -393,7 +394,11 @@ def format_report(
         got = [r for r in (results.get(w.name, spec.name) for spec in rows) if r is not None]
         if not got:
             continue
-        refs = [ref for ref in references(w) if (b := results.get(w.name, ref)) and b.value > 0]
+        refs = [
+            ref
+            for ref in (*references(w), *w.floors)
+            if (b := results.get(w.name, ref)) and b.value > 0
+        ]
         better = "higher" if w.higher_is_better else "lower"
         n = s.sessions if w.per_request else s.open_sessions
         what = f"{n:,} sessions"
