@@ -69,7 +69,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
+
+# The module, not its `settings`: doctest's finder probes module attributes, and an
+# unconfigured LazySettings raises ImproperlyConfigured at any probe.
+from django import conf as django_conf
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
 from django.core.exceptions import ImproperlyConfigured
 
@@ -112,13 +115,13 @@ def get_store() -> Store:
 
 def _open() -> None:
     global _store, _atexit_registered
-    path = getattr(settings, "WALSESS_PATH", None)
+    path = getattr(django_conf.settings, "WALSESS_PATH", None)
     if not path:
         raise ImproperlyConfigured(
             "SESSION_ENGINE = 'walsess.django' needs WALSESS_PATH, the directory of the"
             " session store (for example BASE_DIR / 'var' / 'sessions')"
         )
-    options: dict[str, Any] = dict(getattr(settings, "WALSESS_OPTIONS", None) or {})
+    options: dict[str, Any] = dict(getattr(django_conf.settings, "WALSESS_OPTIONS", None) or {})
     try:
         _store = open_store(os.fspath(path), **options)
     except LockedError as exc:
@@ -239,7 +242,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
 
     def is_empty(self) -> bool:
         if (
-            settings.SESSION_SAVE_EVERY_REQUEST
+            django_conf.settings.SESSION_SAVE_EVERY_REQUEST
             and self._view() is None
             and self.session_key is not None
         ):
@@ -379,7 +382,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
     def _now() -> datetime:
         """The store's clock as ``django.utils.timezone.now()`` would give it."""
         t = get_store().now()
-        return datetime.fromtimestamp(t, tz=timezone.utc if settings.USE_TZ else None)
+        return datetime.fromtimestamp(t, tz=timezone.utc if django_conf.settings.USE_TZ else None)
 
     def _age(self, expiry: Any) -> int:
         return self.get_expiry_age(expiry=expiry)
@@ -411,7 +414,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             view.regenerate(user=uid)
 
 
-if settings.configured and getattr(settings, "SESSION_ENGINE", None) == __name__:
+if django_conf.settings.configured and (
+    getattr(django_conf.settings, "SESSION_ENGINE", None) == __name__
+):
     # Django imports SESSION_ENGINE while it builds the middleware chain (at
     # WSGI/ASGI application creation): opening here makes a store that cannot
     # be opened fail start-up, not the first request.
