@@ -208,7 +208,7 @@ class Result:
 
 def references(w: Workload) -> tuple[str, ...]:
     """The rows workload *w*'s ratios are stated against."""
-    return (DURABLE_BASELINE,) if w.durable_only else (BASELINE, *FLOORS)
+    return (DURABLE_BASELINE,) if w.durable_only else (BASELINE, *FLOORS, *w.floors)
 
 
 class Results:
@@ -394,11 +394,7 @@ def format_report(
         got = [r for r in (results.get(w.name, spec.name) for spec in rows) if r is not None]
         if not got:
             continue
-        refs = [
-            ref
-            for ref in (*references(w), *w.floors)
-            if (b := results.get(w.name, ref)) and b.value > 0
-        ]
+        refs = [ref for ref in references(w) if (b := results.get(w.name, ref)) and b.value > 0]
         better = "higher" if w.higher_is_better else "lower"
         n = s.sessions if w.per_request else s.open_sessions
         what = f"{n:,} sessions"
