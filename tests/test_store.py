@@ -797,3 +797,15 @@ def test_a_session_holds_at_most_max_keys(store: walsess.Store) -> None:
     assert len(s) == limit
     with pytest.raises(walsess.TooManyKeys, match="one change"):
         s.write_encoded({f"x{i}": None for i in range(limit + 1)})
+
+
+def test_stats_say_what_the_open_read_and_how_long_it_took(
+    store_dir: str, clock: FakeClock
+) -> None:
+    with walsess.open(store_dir, clock=clock) as store:
+        store.create({"a": 1})
+        store.create({"b": 2})
+    with walsess.open(store_dir, clock=clock) as store:
+        stats = store.stats()
+        assert stats["sessions_loaded"] == 2 and stats["records_replayed"] == 2
+        assert 0 <= stats["open_seconds"] == store.recovery.seconds

@@ -1250,6 +1250,8 @@ class Store:
             "disk_to_live_ratio": (snapshot_bytes + log_bytes) / max(live, 1.0),
             "memory_bytes_estimate": int(_memory_per_session(sample) * stored),
             "records_replayed": self._recovery.records,
+            "sessions_loaded": self._recovery.sessions,
+            "open_seconds": self._recovery.seconds,
             "records_appended": appended,
             "log_generation": self._log.generation,
             "last_compaction": self.last_compaction,
