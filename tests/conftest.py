@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -52,6 +53,18 @@ def store(store_dir: str, clock: FakeClock) -> Iterator[walsess.Store]:
         yield s
     finally:
         s.close()
+
+
+def appended(store: walsess.Store) -> int:
+    """Records the store has appended since it was opened."""
+    return int(store.stats()["records_appended"])
+
+
+def reopen_data(path: str, token: str, clock: ManualClock) -> dict[str, Any] | None:
+    """The session's data as a fresh open of the store directory sees it."""
+    with walsess.open(path, clock=clock, cleanup_interval=None) as s:
+        handle = s.get(token)
+        return None if handle is None else dict(handle)
 
 
 def parse_cookie(header: str) -> tuple[str, str, dict[str, str]]:

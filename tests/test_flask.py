@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import parse_cookie
+from conftest import appended, parse_cookie, reopen_data
 from flask import Flask, flash, get_flashed_messages, jsonify, request, session
 from flask.testing import FlaskClient
 from werkzeug.http import parse_date
@@ -47,17 +47,6 @@ def the_cookie(resp: TestResponse, name: str = "session") -> tuple[str, dict[str
 def is_deletion(attrs: dict[str, str]) -> bool:
     expires = parse_date(attrs.get("expires"))
     return attrs.get("max-age") == "0" and expires is not None and expires.timestamp() == 0
-
-
-def appended(store: walsess.Store) -> int:
-    return int(store.stats()["records_appended"])
-
-
-def reopen_data(path: str, token: str, clock: ManualClock) -> dict[str, Any] | None:
-    """The session's data as a fresh open of the store directory sees it."""
-    with walsess.open(path, clock=clock, cleanup_interval=None) as s:
-        handle = s.get(token)
-        return None if handle is None else dict(handle)
 
 
 def token_of(client: FlaskClient, name: str = "session") -> str:

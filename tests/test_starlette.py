@@ -18,7 +18,7 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
-from conftest import parse_cookie
+from conftest import appended, parse_cookie, reopen_data
 from fastapi import FastAPI, Request
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
@@ -52,17 +52,6 @@ def the_cookie(resp: httpx.Response, name: str = "session") -> tuple[str, dict[s
 
 def cookie(token: str, name: str = "session") -> dict[str, str]:
     return {"cookie": f"{name}={token}"}
-
-
-def appended(store: walsess.Store) -> int:
-    return int(store.stats()["records_appended"])
-
-
-def reopen_data(path: str, token: str, clock: ManualClock) -> dict[str, Any] | None:
-    """The session's data as a fresh open of the store directory sees it."""
-    with walsess.open(path, clock=clock, cleanup_interval=None) as s:
-        handle = s.get(token)
-        return None if handle is None else dict(handle)
 
 
 # -- the application under test --------------------------------------------------------------
