@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.make_v1_store import describe
 
 import walsess
 from walsess.cli import main
@@ -57,15 +58,7 @@ def _state(store: walsess.Store) -> dict[str, Any]:
         name = by_ref[ref]
         session = store.get(TOKENS[name])
         assert session is not None, f"{name}'s token does not find its session"
-        state[name] = {
-            "ref": info.ref,
-            "user": info.user,
-            "meta": info.meta,
-            "created_at": info.created_at,
-            "expires_at": info.expires_at,
-            "last_seen": info.last_seen,
-            "data": session.to_dict(),
-        }
+        state[name] = describe(info, session.to_dict())
     for name in EXPECTED["dead"]:
         assert store.get(TOKENS[name]) is None, f"{name}'s token still finds a session"
     return state
