@@ -188,6 +188,7 @@ def test_commit_after_a_logout_elsewhere_drops_changes(
     out = view.commit(ttl=ttl, refresh=True)
     assert out.action is Action.DELETE and out.interrupted
     assert len(store) == 0  # the logged-out session is not brought back
+    assert view.commit().action is Action.NONE and len(store) == 0  # nor by a second commit
 
 
 # -- per-key merge -----------------------------------------------------------------------

@@ -344,7 +344,8 @@ class RequestSession(MutableMapping[str, Any]):
             # A new session: never under the client's token (no fixation).
             meta = None if self._meta is None else self._meta()
             user = None if self._user is _KEEP else self._user
-            handle = store.create(self._values(), ttl=ttl, user=user, meta=meta)
+            # With no stored session the view holds no unread (still encoded) values.
+            handle = store.create(dict(self._data), ttl=ttl, user=user, meta=meta)
             self._handle = handle
             self._raw = handle.encoded()  # the view now equals the stored session
             self._data = dict.fromkeys(self._raw, _UNREAD)
@@ -366,6 +367,8 @@ class RequestSession(MutableMapping[str, Any]):
                 handle.ref,
             )
             self._handle = None
+            self._raw = {}
+            self._data = {}  # so that a second commit cannot bring it back either
             return Outcome(Action.DELETE, interrupted=True)
         store.wait_synced()
         raw = self._raw
@@ -375,11 +378,6 @@ class RequestSession(MutableMapping[str, Any]):
             else:
                 raw[key] = vb
         return cookie
-
-    def _values(self) -> dict[str, Any]:
-        decode = self._store.codec.decode
-        raw = self._raw
-        return {k: decode(raw[k]) if v is _UNREAD else v for k, v in self._data.items()}
 
     def _cookie(self, handle: Session) -> Outcome:
         expires_at = handle.expires_at
