@@ -545,11 +545,6 @@ class Store:
             return None
         return st, digest
 
-    def _find(self, token: object) -> SessionState | None:
-        """The live session for *token*, or None. Never raises for odd tokens."""
-        found = self._lookup(token)
-        return None if found is None else found[0]
-
     def create(
         self,
         data: Mapping[str, Any] | None = None,
@@ -681,7 +676,7 @@ class Store:
 
     def exists(self, token: str) -> bool:
         """True if *token* names a live session. Does not extend its expiry."""
-        return self._find(token) is not None
+        return self._lookup(token) is not None
 
     __contains__ = exists
 
