@@ -138,10 +138,10 @@ class Session(MutableMapping[str, Any]):
         return self._store._decode(raw)
 
     def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
+        if not isinstance(key, str):  # not one of this session's keys (maybe unhashable)
             return default
+        raw = self._live().data.get(key)
+        return default if raw is None else self._store._decode(raw)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key in self._live().data
