@@ -48,9 +48,7 @@ from typing import Any
 
 import walsess
 from bench.workloads import KEYS, SEED, TTL, Scale, access_plan, new_value, session_data
-from walsess import record as wrecord
 from walsess.clock import ManualClock
-from walsess.store import _snapshot_record
 
 __all__ = [
     "DISK_RATIO",
@@ -73,7 +71,6 @@ __all__ = [
     "disk_live_sessions",
     "disk_min_bytes",
     "gc_expired",
-    "live_bytes_exact",
     "snapshot_open_op",
 ]
 
@@ -428,20 +425,6 @@ def snapshot_open_op(path: str) -> Callable[[], int]:
 # -- steady-state disk -----------------------------------------------------------------
 
 
-def live_bytes_exact(store: walsess.Store) -> int:
-    """The size of the snapshot a compaction would write now: header, one CREATE
-    record per stored session, END record. O(n); the caller must not write meanwhile."""
-    with store._lock:
-        states = list(store._table.by_sid.values())
-    body = sum(len(_snapshot_record(st)) for st in states)
-    return wrecord.HEADER_SIZE + body + len(wrecord.encode_end(len(states)))
-
-
-def _compacting(store: walsess.Store) -> bool:
-    compactor = store._compactor
-    return store._compact_lock.locked() or (compactor is not None and compactor.is_alive())
-
-
 @dataclass(frozen=True)
 class DiskSample:
     """Bytes on disk and live bytes at one point with no compaction running."""
@@ -569,7 +552,7 @@ def churn(
         made = 0
 
         def sample(tick: int) -> None:
-            if _compacting(store):
+            if store.compacting:
                 result.skipped += 1
                 return
             st = store.stats()
@@ -579,7 +562,7 @@ def churn(
                     int(st["stored_sessions"]),
                     int(st["snapshot_bytes"]),
                     int(st["log_bytes"]),
-                    live_bytes_exact(store),
+                    store.snapshot_size(),
                     int(st["live_bytes_estimate"]),
                 )
             )
@@ -610,9 +593,7 @@ def churn(
                     ops += 1
                 sample(tick)
             clock.advance(1.0)
-        compactor = store._compactor
-        if compactor is not None:
-            compactor.join()
+        store.wait_compaction()
         sample(ticks)
         result.compactions = int(store.stats()["log_generation"]) - first_generation
     finally:

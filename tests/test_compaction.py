@@ -1008,10 +1008,8 @@ def test_automatic_compaction(store_dir: str, clock: FakeClock) -> None:
         sessions[writes % 5]["v"] = "x" * 100 + str(writes)
         writes += 1
     assert writes > 10, "a compaction started before the log reached compact_min_bytes"
-    compactor = store._compactor
-    assert compactor is not None and compactor.name == "walsess-compactor"
-    compactor.join(10.0)
-    assert not compactor.is_alive()
+    assert store.wait_compaction(10.0)
+    assert not store.compacting
     c = store.last_compaction
     assert c is not None and c.sessions == 5 and c.generation == store._log.generation
     assert files(store_dir, "*.snap") == [f"{c.generation:016x}.snap"]
@@ -1075,8 +1073,7 @@ def test_failed_background_compaction_backs_off(
         threads_before = threading.active_count()
         for i in range(300):
             store.create({"i": i})
-            if store._compactor is not None:
-                store._compactor.join()  # let each attempt finish: the worst case for a storm
+            store.wait_compaction()  # let each attempt finish: the worst case for a storm
         assert 1 <= fs.snapshot_attempts <= 12, fs.snapshot_attempts
         assert threading.active_count() <= threads_before + 1
         stats = store.stats()
@@ -1127,3 +1124,15 @@ def test_a_compactor_that_cannot_start_fails_no_write(
     monkeypatch.undo()
     with walsess.open(store_dir, clock=clock) as store:
         assert all(store.exists(t) for t in tokens)
+
+
+def test_snapshot_size_is_what_compaction_writes(tmp_path: Path) -> None:
+    with walsess.open(tmp_path / "s", compact_ratio=None) as store:
+        for i in range(50):
+            store.create({"i": i, "name": "x" * i}, user=str(i % 3), meta={"ip": "::1"})
+        predicted = store.snapshot_size()
+        c = store.compact()
+        assert not store.compacting
+        assert predicted == c.snapshot_bytes == os.path.getsize(
+            tmp_path / "s" / f"{c.generation:016x}.snap"
+        )

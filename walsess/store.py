@@ -1154,6 +1154,34 @@ class Store:
                 self._poison = self._poison or exc
                 raise
 
+    @property
+    def compacting(self) -> bool:
+        """True while a compaction (background or :meth:`compact`) is running."""
+        compactor = self._compactor
+        return self._compact_lock.locked() or (compactor is not None and compactor.is_alive())
+
+    def wait_compaction(self, timeout: float | None = None) -> bool:
+        """Wait for the background compaction, if one is running; False if
+        *timeout* seconds passed first. A :meth:`compact` call in another
+        thread is not waited for (its caller has the result)."""
+        compactor = self._compactor
+        if compactor is None or compactor is threading.current_thread():
+            return True
+        compactor.join(timeout)
+        return not compactor.is_alive()
+
+    def snapshot_size(self) -> int:
+        """The exact size in bytes of the snapshot a compaction would write now.
+
+        O(n) encoding work under the lock, taken once: for tests and capacity
+        planning (what ``compact_ratio`` multiplies), not for a request path.
+        """
+        self._check_open()
+        with self._lock:
+            states = list(self._table.by_sid.values())
+            body = sum(len(_snapshot_record(st)) for st in states)
+        return rec.HEADER_SIZE + body + len(rec.encode_end(len(states)))
+
     def _compact(self) -> Compaction:
         started = time.monotonic()
         started_at = self._clock()
