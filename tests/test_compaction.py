@@ -1133,6 +1133,8 @@ def test_snapshot_size_is_what_compaction_writes(tmp_path: Path) -> None:
         predicted = store.snapshot_size()
         c = store.compact()
         assert not store.compacting
-        assert predicted == c.snapshot_bytes == os.path.getsize(
-            tmp_path / "s" / f"{c.generation:016x}.snap"
+        assert (
+            predicted
+            == c.snapshot_bytes
+            == os.path.getsize(tmp_path / "s" / f"{c.generation:016x}.snap")
         )
