@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from bench.maintenance import MaintenanceBench
-from bench.workloads import SCALE_ENV, Scale, Workbench, parse_scale
+from bench.workloads import SCALE_ENV, Scale, Workbench
+from walsess.benchmark.workloads import parse_scale
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -26,9 +26,10 @@ import io
 import pstats
 import sys
 import tempfile
-import time
 
-from bench.workloads import Operation, Scale, Workbench, parse_scale
+from bench.workloads import Operation, Scale, Workbench
+from walsess.benchmark.measure import call_times, run_for
+from walsess.benchmark.workloads import parse_scale
 
 #: Profile name -> (group, operation name) in :data:`bench.workloads.CATALOG`.
 PROFILES = {
@@ -41,25 +42,20 @@ PROFILES = {
 
 
 def _calls_for(op: Operation, seconds: float) -> int:
-    """Calls of *op* that take about *seconds*, uninstrumented."""
+    """Calls of *op* that take about *seconds*, uninstrumented (a quarter of it is spent
+    counting them)."""
     if op.unit == "record":
         return 1
-    n = 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds / 4:
-        op.fn()
-        n += 1
-    return max(1, n * 4)
+    calls, _ = run_for(op.fn, seconds / 4)
+    return max(1, calls * 4)
 
 
 def profile(op: Operation, seconds: float, top: int, sort: str) -> str:
     """The top *top* functions of *op* by *sort* over about *seconds* of calls."""
     calls = _calls_for(op, seconds)
-    fn = op.fn
     prof = cProfile.Profile()
     prof.enable()
-    for _ in range(calls):
-        fn()
+    call_times(op.fn, calls)
     prof.disable()
     buf = io.StringIO()
     stats = pstats.Stats(prof, stream=buf)
@@ -67,14 +63,6 @@ def profile(op: Operation, seconds: float, top: int, sort: str) -> str:
     units = calls * op.per_call
     head = f"== {op.group}/{op.name}: {op.description} ({units:,} {op.unit}s profiled)"
     return head + "\n" + buf.getvalue().strip()
-
-
-def spin(op: Operation, seconds: float) -> None:
-    """Call *op* uninstrumented for *seconds* (for an external sampling profiler)."""
-    fn = op.fn
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        fn()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             op = wb.operation(*PROFILES[name])
             if args.spin is not None:
                 print(f"spinning {name} for {args.spin}s", file=sys.stderr, flush=True)
-                spin(op, args.spin)
+                run_for(op.fn, args.spin)  # uninstrumented, for an external profiler
             else:
                 print(profile(op, args.seconds, args.top, args.sort), end="\n\n", flush=True)
     return 0

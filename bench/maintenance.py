@@ -1,6 +1,7 @@
 """Maintenance benchmarks: compaction pauses, gc, snapshot load and steady-state disk.
 
-Like :mod:`bench.workloads` (whose data, access plans and scale it reuses),
+Like :mod:`bench.workloads` (whose scale it reuses, and the data and access
+plans of :mod:`walsess.benchmark.workloads`),
 this module holds the workloads only; ``bench/test_maintenance.py`` and
 ``bench/report.py`` are thin runners. Stores hold ``N = scale.maintenance_sessions``
 sessions of five small keys (``N`` is the replay-log record count:
@@ -47,7 +48,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import walsess
-from bench.workloads import KEYS, SEED, TTL, Scale, access_plan, new_value, session_data
+from bench.workloads import TTL, Scale
+from walsess.benchmark.measure import run_threads
+from walsess.benchmark.workloads import KEYS, SEED, access_plan, new_value, session_data
 from walsess.clock import ManualClock
 
 __all__ = [
@@ -163,31 +166,6 @@ class _FullCollections:
         gc.callbacks.remove(self._callback)
 
 
-def _run_threads(*targets: Callable[[], object]) -> None:
-    """Run *targets* in threads of their own, wait for all; re-raise the first error."""
-    errors: list[BaseException] = []
-
-    def wrap(fn: Callable[[], object]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                fn()
-            except BaseException as exc:
-                errors.append(exc)
-
-        return run
-
-    threads = [
-        threading.Thread(target=wrap(fn), name=f"walsess-bench-{i}", daemon=True)
-        for i, fn in enumerate(targets)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
 def _write_until(
     ops: Iterator[tuple[walsess.Session, str, Any]], stop: threading.Event, out: list[int]
 ) -> None:
@@ -265,11 +243,10 @@ class CompactionTarget:
         """``store.compact()`` in one thread, the writer in another until it returns."""
         latencies: list[int] = []
         done = threading.Event()
-        start = threading.Barrier(2, timeout=60)
         result: list[tuple[walsess.Compaction, float]] = []
 
+        # run_threads starts both together
         def compactor() -> None:
-            start.wait()
             try:
                 t0 = time.perf_counter()
                 compaction = self.store.compact()
@@ -278,11 +255,10 @@ class CompactionTarget:
                 done.set()
 
         def writer() -> None:
-            start.wait()
             _write_until(self._ops, done, latencies)
 
         with _FullCollections() as full:
-            _run_threads(compactor, writer)
+            run_threads([compactor, writer], calls=1)
         compaction, seconds = result[0]
         return PauseWindow(
             "compaction",
@@ -311,7 +287,7 @@ class CompactionTarget:
             stop.set()
 
         with _FullCollections() as full:
-            _run_threads(writer, timer)
+            run_threads([writer, timer], calls=1)
         return PauseWindow(
             "baseline", Latencies.of(latencies, took[0]), 0.0, 0, 0, full.count, full.max_ms
         )

@@ -40,15 +40,12 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 
 import argparse
 import gc
-import itertools
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,8 +68,9 @@ from bench.workloads import (
     Workbench,
     measure_memory,
     names,
-    parse_scale,
 )
+from walsess.benchmark.measure import Measured, calibrate, median, rotated, time_calls
+from walsess.benchmark.workloads import parse_scale
 
 #: (label, group, walsess operation, floor operation, target: walsess/floor >= this)
 RATIO_TARGETS: tuple[tuple[str, str, str, str, float | None], ...] = (
@@ -92,37 +90,13 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def time_loop(fn: Callable[[], object], n: int) -> float:
-    """Seconds for *n* calls of *fn*."""
-    loop = itertools.repeat(None, n)
-    t0 = time.perf_counter()
-    for _ in loop:
-        fn()
-    return time.perf_counter() - t0
-
-
-def calibrate(fn: Callable[[], object], min_time: float) -> int:
-    """Calls per loop so that one loop takes at least *min_time* (timeit's autorange)."""
-    i = 1
-    while True:
-        for j in (1, 2, 5):
-            n = i * j
-            if time_loop(fn, n) >= min_time:
-                return n
-        i *= 10
-
-
 @dataclass
-class Result:
-    """Seconds per call of one operation, one entry per repeat."""
+class Result(Measured):
+    """Seconds per call of operation *op*, one sample per repeat, each a loop of
+    *calls* calls."""
 
-    op: Operation
-    seconds: list[float] = field(default_factory=list)
+    op: Operation = field(kw_only=True)
     calls: int = 1
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
 
     @property
     def rate(self) -> float:
@@ -137,20 +111,19 @@ class Result:
             "unit": self.op.unit,
             "per_call": self.op.per_call,
             "calls_per_repeat": self.calls,
-            "seconds_per_call": self.seconds,
+            "seconds_per_call": self.samples,
             "median_rate": self.rate,
         }
 
 
 def run_group(ops: list[Operation], repeats: int, min_time: float) -> list[Result]:
     """Time the operations of one group, interleaving their repeats."""
-    results = [Result(op) for op in ops]
+    results = [Result(op=op) for op in ops]
     for r in results:
         r.calls = 1 if r.op.unit == "record" else calibrate(r.op.fn, min_time)
     for rep in range(repeats):
-        k = rep % len(results)
-        for r in results[k:] + results[:k]:
-            r.seconds.append(time_loop(r.op.fn, r.calls) / r.calls)
+        for r in rotated(results, rep):
+            r.samples.append(time_calls(r.op.fn, r.calls) / r.calls)
     return results
 
 
@@ -159,7 +132,7 @@ def ratio(results: dict[tuple[str, str], Result], group: str, a: str, b: str) ->
     ra, rb = results.get((group, a)), results.get((group, b))
     if ra is None or rb is None:
         return None
-    return statistics.median(tb / ta for ta, tb in zip(ra.seconds, rb.seconds, strict=True))
+    return median(tb / ta for ta, tb in zip(ra.samples, rb.samples, strict=True))
 
 
 def _verdict(ok: bool) -> str:
@@ -194,7 +167,7 @@ def pause_summary(windows: list[dict[str, Any]]) -> dict[str, float]:
     lat = [w["latencies"] for w in windows]
 
     def med(key: str) -> float:
-        return float(statistics.median(x[key] for x in lat))
+        return median(x[key] for x in lat)
 
     return {
         "count": med("count"),
@@ -224,11 +197,7 @@ def run_gc(mb: MaintenanceBench, repeats: int) -> dict[str, Any]:
     return {
         size: {"sessions": t.sessions, "expired": t.expired, "seconds": seconds[size]}
         for size, t in targets.items()
-    } | {
-        "ratio": statistics.median(
-            a / b for a, b in zip(seconds["large"], seconds["small"], strict=True)
-        )
-    }
+    } | {"ratio": median(a / b for a, b in zip(seconds["large"], seconds["small"], strict=True))}
 
 
 def run_snapshot(mb: MaintenanceBench, repeats: int) -> dict[str, Any]:
@@ -246,7 +215,7 @@ def run_snapshot(mb: MaintenanceBench, repeats: int) -> dict[str, Any]:
     return {
         "sessions": sessions,
         "seconds": seconds,
-        "records_per_s": sessions / statistics.median(seconds),
+        "records_per_s": sessions / median(seconds),
     }
 
 
@@ -304,7 +273,7 @@ def format_maintenance(m: dict[str, Any], disk: DiskResult | None) -> list[str]:
         out.append("|---|---:|---:|---:|---:|")
         for size in ("large", "small"):
             x = g[size]
-            med = statistics.median(x["seconds"])
+            med = median(x["seconds"])
             out.append(
                 f"| {x['sessions']:,} sessions | {x['expired']:,} | {_ms(med)} |"
                 f" {med / x['expired'] * 1e6:.1f} us |"
@@ -325,7 +294,7 @@ def format_maintenance(m: dict[str, Any], disk: DiskResult | None) -> list[str]:
         out.append("| snapshot load: walsess.open() | median | records/s | spread (min-max) |")
         out.append("|---|---:|---:|---:|")
         out.append(
-            f"| snapshot of {n:,} sessions + empty log | {_ms(statistics.median(secs))} |"
+            f"| snapshot of {n:,} sessions + empty log | {_ms(median(secs))} |"
             f" {snap['records_per_s']:,.0f} | {n / max(secs):,.0f}-{n / min(secs):,.0f} |"
         )
         targets.append(
@@ -485,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     for (group, name), r in results.items():
         unit = "records/s" if r.op.unit == "record" else "ops/s"
         per = f"{r.median * 1e3:,.0f} ms" if r.op.unit == "record" else f"{r.median * 1e6:.2f} us"
-        lo, hi = r.op.per_call / max(r.seconds), r.op.per_call / min(r.seconds)
+        lo, hi = r.op.per_call / max(r.samples), r.op.per_call / min(r.samples)
         out.append(
             f"| {group} | {name}: {r.op.description} | {r.rate:,.0f} {unit} | {per} |"
             f" {lo:,.0f}-{hi:,.0f} |"

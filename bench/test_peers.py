@@ -21,14 +21,13 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.workloads import Scale
+from walsess.benchmark.measure import rotated, run_batches, run_for, run_threads
 from walsess.benchmark.peers import PEERS, PeerSpec, peer_spec
 from walsess.benchmark.workloads import (
     WORKLOADS,
     Populated,
     build_store,
     measure_footprint,
-    run_for,
-    run_threads,
     session_data,
     timed_open,
     workload,
@@ -174,6 +173,20 @@ def test_run_for_and_threads_count_calls() -> None:
 
     with pytest.raises(ValueError, match="boom"):
         run_threads([op, boom], calls=3)
+
+
+def test_run_batches_grows_and_caps_its_batches() -> None:
+    batches: list[int] = []
+    calls, seconds = run_batches(batches.append, 0.01, first=8, most=64)
+    assert batches[0] == 8 and max(batches) <= 64 and len(batches) > 1
+    assert calls == sum(batches) and seconds >= 0.01
+
+
+def test_rotated_puts_each_first_once_per_round() -> None:
+    items = ["a", "b", "c"]
+    assert [rotated(items, r)[0] for r in range(4)] == ["a", "b", "c", "a"]
+    assert all(sorted(rotated(items, r)) == items for r in range(3))
+    assert rotated([], 5) == []
 
 
 @pytest.mark.parametrize("name", PERSISTENT_ROWS)

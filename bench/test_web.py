@@ -120,9 +120,9 @@ def test_time_requests_counts_requests() -> None:
 
 
 def test_cookie_of_reads_set_and_deleted_cookies() -> None:
-    assert web._cookie_of("session=abc; Path=/; HttpOnly") == ("session", "abc")
-    assert web._cookie_of('sessionid=""; expires=Thu, 01 Jan 1970 00:00:00 GMT')[1] is None
-    assert web._cookie_of("session=abc; Max-Age=0; Path=/")[1] is None
+    assert web.cookie_of("session=abc; Path=/; HttpOnly") == ("session", "abc")
+    assert web.cookie_of('sessionid=""; expires=Thu, 01 Jan 1970 00:00:00 GMT')[1] is None
+    assert web.cookie_of("session=abc; Max-Age=0; Path=/")[1] is None
 
 
 # -- each row: its contract, then every workload ------------------------------------------

@@ -21,6 +21,11 @@ The pieces:
   every operation by ``(group, name)`` (see :data:`CATALOG`).
 * :func:`measure_memory` measures bytes per session in a fresh subprocess.
 
+The tools that time and measure (loops, threads, medians, resident memory,
+child processes) are :mod:`walsess.benchmark.measure`; the data and plans
+:mod:`walsess.benchmark.workloads`. Only what is particular to this suite
+is here.
+
 Example::
 
     with Workbench("/tmp/wb", Scale(10_000)) as wb:
@@ -35,28 +40,35 @@ Run as a script, this module is also the memory-measurement child::
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
-import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import walsess
+from walsess.benchmark.measure import run_child
 from walsess.benchmark.peers import TTL as PEER_TTL
-from walsess.benchmark.peers import FloorDict, FloorDictWrite, Peer, WalsessPeer, floor_set_line
+from walsess.benchmark.peers import (
+    FloorDict,
+    FloorDictWrite,
+    Peer,
+    WalsessPeer,
+    floor_set_line,
+    peer_spec,
+)
 from walsess.benchmark.workloads import (
     KEYS,
     SEED,
+    Populated,
     access_plan,
     create_plan,
+    memory_growth,
     new_value,
     parse_scale,
     session_data,
@@ -65,23 +77,17 @@ from walsess.benchmark.workloads import (
 __all__ = [
     "CATALOG",
     "DEFAULT_RECORDS",
-    "KEYS",
     "SCALE_ENV",
-    "SEED",
+    "TTL",
     "DictFloor",
     "DictWriteFloor",
     "Operation",
     "Scale",
     "WalsessTarget",
     "Workbench",
-    "access_plan",
     "build_log",
-    "create_plan",
     "measure_memory",
-    "new_value",
-    "parse_scale",
     "replay_op",
-    "session_data",
 ]
 
 #: Environment variable giving the number of records in the replay log
@@ -220,24 +226,26 @@ class WalsessTarget:
         self.store.close()
 
 
-class DictFloor:
+class DictFloor(Populated):
     """The no-I/O floor: ``dict`` token -> ``dict`` key -> ``json.dumps(value)``.
 
     The store is ``walsess bench``'s floor-dict row
-    (:class:`walsess.benchmark.peers.FloorDict`); the operations here are its
-    set and get with every lookup hoisted out of the call. A set is
-    ``json.dumps`` plus two dict operations, a get two dict lookups plus
-    ``json.loads``: what any in-memory session store must at least do.
+    (:class:`walsess.benchmark.peers.FloorDict`), populated as every row is
+    (:class:`walsess.benchmark.workloads.Populated`, whose create operation
+    it uses); set and get here are its set and read with every lookup hoisted
+    out of the call. A set is ``json.dumps`` plus two dict operations, a get
+    two dict lookups plus ``json.loads``: what any in-memory session store
+    must at least do. *path* is where the row keeps its file, if it has one.
     """
 
-    def __init__(self, sessions: int, seed: int = SEED) -> None:
-        self.seed = seed
-        self.peer = self._open()
-        self.tokens = list(self.peer.populate(session_data(i) for i in range(sessions)))
-        self.table = self.peer.table
+    ROW = "floor-dict"
 
-    def _open(self) -> FloorDict:
-        return FloorDict()
+    def __init__(self, path: str, sessions: int, seed: int = SEED) -> None:
+        super().__init__(peer_spec(self.ROW), path, sessions, seed)
+        if not isinstance(self.peer, FloorDict):
+            raise TypeError(f"row {self.ROW} is not a dict floor")
+        self.floor: FloorDict = self.peer
+        self.table = self.floor.table
 
     def set_op(self) -> Callable[[], None]:
         table = self.table
@@ -264,13 +272,7 @@ class DictFloor:
         return op
 
     def create_op(self) -> Callable[[], object]:
-        create = self.peer.create
-        it = itertools.cycle(create_plan())
-        return lambda: create(next(it))
-
-    def close(self) -> None:
-        self.tokens.clear()
-        self.peer.close()
+        return self.operation("create")
 
 
 class DictWriteFloor(DictFloor):
@@ -283,20 +285,15 @@ class DictWriteFloor(DictFloor):
     fsync, like walsess in ``interval`` mode between its background fsyncs.
     """
 
-    def __init__(self, path: str, sessions: int, seed: int = SEED) -> None:
-        self.path = path
-        super().__init__(sessions, seed)
-
-    def _open(self) -> FloorDictWrite:
-        return FloorDictWrite(self.path)
+    ROW = "floor-dict-write"
 
     def set_op(self) -> Callable[[], None]:
         table = self.table
         dumps = json.dumps
         write = os.write
         line = floor_set_line
-        assert isinstance(self.peer, FloorDictWrite)
-        fd = self.peer.fd
+        assert isinstance(self.floor, FloorDictWrite)
+        fd = self.floor.fd
         tokens = self.tokens
         it = itertools.cycle([(tokens[i], k, v) for i, k, v in access_plan(len(tokens), self.seed)])
 
@@ -405,10 +402,8 @@ class Workbench:
     def _floor(self, label: str, sessions: int, write: bool) -> DictFloor:
         t = self._targets.get(label)
         if t is None:
-            if write:
-                t = DictWriteFloor(os.path.join(self.workdir, label), sessions, self.seed)
-            else:
-                t = DictFloor(sessions, self.seed)
+            kind = DictWriteFloor if write else DictFloor
+            t = kind(os.path.join(self.workdir, label), sessions, self.seed)
             self._targets[label] = t
         assert isinstance(t, DictFloor)
         return t
@@ -480,22 +475,13 @@ class Workbench:
 MEMORY_KINDS = ("walsess", "floor-dict")
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def memory_child(kind: str, n: int, method: str) -> dict[str, Any]:
-    """In this process: bytes per session of *n* sessions of *kind*, by *method*.
+    """In this process: bytes per session of *n* sessions of *kind*, by *method*
+    (``rss`` or ``tracemalloc``: :func:`walsess.benchmark.workloads.memory_growth`).
 
-    ``rss``: growth of the resident set (``/proc/self/statm``) over the build;
-    ``tracemalloc``: growth of memory Python allocated (slower, exact, excludes
-    allocator slack). The store (or dict) exists before the baseline, so only
-    per-session memory counts. Handles and tokens the build returns are
-    dropped at once, as a web server drops them after each request.
+    The store (or dict) exists before the baseline, so only per-session
+    memory counts.
     """
-    if method not in ("rss", "tracemalloc"):
-        raise ValueError(f"unknown method {method!r}; 'rss' or 'tracemalloc'")
     with tempfile.TemporaryDirectory(prefix="walsess-mem-") as workdir:
         # the rows of ``walsess bench`` (walsess.benchmark.peers), built the same way
         peer: Peer
@@ -505,46 +491,24 @@ def memory_child(kind: str, n: int, method: str) -> dict[str, Any]:
             peer = FloorDict()
         else:
             raise ValueError(f"unknown memory kind {kind!r}; one of {MEMORY_KINDS}")
-
-        def build() -> None:
-            for _ in peer.populate(session_data(i) for i in range(n)):
-                pass
-
-        gc.collect()
-        if method == "tracemalloc":
-            tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0] if method == "tracemalloc" else _rss()
-        build()
-        gc.collect()
-        after = tracemalloc.get_traced_memory()[0] if method == "tracemalloc" else _rss()
-        peer.close()
+        try:
+            grown, _ = memory_growth(peer, n, method)
+        finally:
+            peer.close()
     return {
         "kind": kind,
         "method": method,
         "walsess": os.path.dirname(walsess.__file__),
         "sessions": n,
-        "bytes": after - before,
-        "bytes_per_session": (after - before) / n,
+        "bytes": grown,
+        "bytes_per_session": grown / n,
     }
 
 
 def measure_memory(kind: str, n: int, method: str = "rss") -> dict[str, Any]:
     """:func:`memory_child` run in a fresh interpreter, so nothing else is in the heap."""
-    # The child must import the same walsess as this process, wherever it came from.
-    walsess_root = os.path.dirname(os.path.dirname(os.path.abspath(walsess.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (walsess_root, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "memory-child", kind, str(n), method],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory child {kind} failed:\n{proc.stderr}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    args = [os.path.abspath(__file__), "memory-child", kind, str(n), method]
+    return run_child(args, f"memory child {kind}")
 
 
 def main(argv: list[str]) -> int:

@@ -6,8 +6,11 @@
   ``set(token, key, value)``, ``read(token) -> dict | None``,
   ``destroy(token)``, ``close()``, and a ``durable`` flag.
 * :mod:`walsess.benchmark.workloads`: the session data, the seeded access
-  plans, the operations every row runs and the loops that time them; also
-  the child process that measures open time, memory and disk per session.
+  plans and the operations every row runs; also the child process that
+  measures open time, memory and disk per session.
+* :mod:`walsess.benchmark.measure`: the measuring tools, for ``walsess bench``
+  and the developers' suite alike: timing loops (``run_for``, ``calibrate``),
+  the thread runner, medians, resident memory and the fresh-interpreter child.
 * :mod:`walsess.benchmark.runner`: the ``walsess bench`` command: which rows
   and workloads, the progress bar, the table, the JSON and the PNG.
 

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ import walsess
 
 from ..progress import Progress
 from . import web
+from .measure import Measured, rotated, run_for, run_threads
 from .peers import BASELINE, DURABLE_BASELINE, FLOORS, PEERS, PIP_HINT, PeerSpec, peer_names
 from .workloads import (
     ALIASES,
@@ -51,8 +51,6 @@ from .workloads import (
     build_store,
     measure_footprint,
     parse_scale,
-    run_for,
-    run_threads,
 )
 
 __all__ = ["FULL", "QUICK", "Settings", "add_arguments", "run"]
@@ -192,18 +190,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @dataclass
-class Result:
-    """One figure: *value* is the median of *samples* (per repeat)."""
+class Result(Measured):
+    """One figure of *workload* on row *peer*: the median of the samples (per repeat)."""
 
-    workload: Workload
-    peer: str
-    samples: list[float] = field(default_factory=list)
+    workload: Workload = field(kw_only=True)
+    peer: str = field(kw_only=True)
     calls: int = 0  # operations timed, over all repeats
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def value(self) -> float:
-        return float(statistics.median(self.samples))
 
 
 def references(w: Workload) -> tuple[str, ...]:
@@ -217,7 +210,7 @@ class Results:
         self.errors: list[tuple[str, str, str]] = []  # (peer, workload, message)
 
     def add(self, w: Workload, peer: str, sample: float, calls: int = 0, **extra: Any) -> None:
-        r = self.by_key.setdefault((w.name, peer), Result(w, peer))
+        r = self.by_key.setdefault((w.name, peer), Result(workload=w, peer=peer))
         r.samples.append(sample)
         r.calls += calls
         r.extra.update(extra)
@@ -227,9 +220,9 @@ class Results:
 
     def ratio(self, r: Result, reference: str) -> float | None:
         ref = self.get(r.workload.name, reference)
-        if ref is None or ref.value <= 0 or not math.isfinite(ref.value):
+        if ref is None or ref.median <= 0 or not math.isfinite(ref.median):
             return None
-        return r.value / ref.value
+        return r.median / ref.median
 
     def fail(self, peer: str, workload: str, exc: BaseException) -> None:
         self.errors.append((peer, workload, f"{type(exc).__name__}: {exc}"))
@@ -298,8 +291,7 @@ def run_live(
                 )
             failed: set[str] = set()
             for rep in range(s.repeats):
-                k = rep % len(names) if names else 0
-                for name in names[k:] + names[:k]:
+                for name in rotated(names, rep):
                     progress.step(f"{w.name} {name}")
                     if name in failed:
                         continue
@@ -394,7 +386,7 @@ def format_report(
         got = [r for r in (results.get(w.name, spec.name) for spec in rows) if r is not None]
         if not got:
             continue
-        refs = [ref for ref in references(w) if (b := results.get(w.name, ref)) and b.value > 0]
+        refs = [ref for ref in references(w) if (b := results.get(w.name, ref)) and b.median > 0]
         better = "higher" if w.higher_is_better else "lower"
         n = s.sessions if w.per_request else s.open_sessions
         what = f"{n:,} sessions"
@@ -407,7 +399,7 @@ def format_report(
             for ref in refs:
                 ratio = results.ratio(r, ref)
                 cells.append(f" {'-' if ratio is None else f'{ratio:.2f}':>18}")
-            out.append(f"  {r.peer:<18} {_fmt_value(w, r.value):>14}" + "".join(cells))
+            out.append(f"  {r.peer:<18} {_fmt_value(w, r.median):>14}" + "".join(cells))
     if results.errors:
         out.append("")
         for peer, work, msg in results.errors:
@@ -449,7 +441,7 @@ def to_json(
                     "workload": w.name,
                     "peer": spec.name,
                     "unit": w.unit,
-                    "value": r.value,
+                    "value": r.median,
                     "samples": r.samples,
                     "ratios": {ref: results.ratio(r, ref) for ref in references(w)},
                     **({"calls": r.calls} if r.calls else {}),

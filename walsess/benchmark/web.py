@@ -54,15 +54,14 @@ import os
 import random
 import secrets
 import shutil
-import statistics
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import walsess
 
+from .measure import median, rotated, run_batches
 from .peers import PIP_HINT, RedisServer
 from .workloads import SEED, parse_scale, session_data
 
@@ -99,6 +98,9 @@ TARGET_RATIO = 0.5
 SELECTORS = frozenset({"web", *(f"web-{f}" for f in FRAMEWORKS)})
 #: Length of the seeded sequence of sessions each workload cycles through.
 PLAN_SIZE = 4096
+#: Requests in the first and the largest batch :func:`time_requests` times.
+FIRST_BATCH = 8
+MOST_BATCH = 1 << 20
 #: The value ``write`` stores: a fresh one every request, so no row can skip the write.
 _VALUES = itertools.count(1_000)
 #: For the apps that sign their cookies (a benchmark key, not a secret).
@@ -245,7 +247,7 @@ class WebRow:
         return None
 
 
-def _cookie_of(header: str) -> tuple[str, str | None]:
+def cookie_of(header: str) -> tuple[str, str | None]:
     """(name, value) of a Set-Cookie header; value None if it deletes the cookie."""
     first, _, attrs = header.partition(";")
     name, _, value = first.partition("=")
@@ -318,7 +320,7 @@ class WsgiDriver:
             if close is not None:
                 close()
         status, headers = got[-1]
-        cookies = dict(_cookie_of(v) for k, v in headers if k.lower() == "set-cookie")
+        cookies = dict(cookie_of(v) for k, v in headers if k.lower() == "set-cookie")
         return Reply(int(status.split()[0]), cookies, content)
 
     def runner(self, path: str, cookies: Sequence[str]) -> Callable[[int], None]:
@@ -417,7 +419,7 @@ class AsgiDriver:
         self.loop.run_until_complete(self.app(scope, _receive, send))
         start = next(m for m in sent if m["type"] == "http.response.start")
         cookies = dict(
-            _cookie_of(v.decode("latin-1"))
+            cookie_of(v.decode("latin-1"))
             for k, v in start.get("headers", ())
             if k.lower() == b"set-cookie"
         )
@@ -888,17 +890,9 @@ class Prepared:
 
 
 def time_requests(run: Callable[[int], None], min_time: float) -> tuple[int, float]:
-    """``run(n)`` in growing batches until *min_time* seconds have passed: (requests, seconds)."""
-    calls, batch = 0, 8
-    t0 = time.perf_counter()
-    while True:
-        run(batch)
-        calls += batch
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_time:
-            return calls, elapsed
-        left = (min_time - elapsed) / max(elapsed, 1e-9) * calls
-        batch = max(1, min(batch * 2, int(left / 2), 1 << 20))
+    """``run(n)`` in growing batches (from :data:`FIRST_BATCH` requests, at most
+    :data:`MOST_BATCH`) until *min_time* seconds have passed: (requests, seconds)."""
+    return run_batches(run, min_time, first=FIRST_BATCH, most=MOST_BATCH)
 
 
 # -- results ------------------------------------------------------------------------------
@@ -941,7 +935,7 @@ class WebResults:
 
     def value(self, key: str, work: str) -> float | None:
         s = self.samples.get((key, work))
-        return float(statistics.median(s)) if s else None
+        return median(s) if s else None
 
     def overhead(self, key: str, work: str) -> float | None:
         """Median over repeats of (this row's time - the framework's bare ``none`` time),
@@ -950,7 +944,7 @@ class WebResults:
         base = self.samples.get((key.split("/")[0] + "/bare", "none"))
         if not s or not base or len(s) != len(base):
             return None
-        return float(statistics.median(a - b for a, b in zip(s, base, strict=True)))
+        return median(a - b for a, b in zip(s, base, strict=True))
 
     def verdicts(self) -> list[Verdict]:
         out = []
@@ -1039,8 +1033,7 @@ def _run_framework(
                 failed.add(p.row.key)
                 results.fail(p.row, w, exc)
         for rep in range(s.repeats):
-            k = rep % len(pairs) if pairs else 0
-            for p, w in pairs[k:] + pairs[:k]:
+            for p, w in rotated(pairs, rep):
                 step(f"{w} {p.row.key}")
                 if p.row.key in failed:
                     continue

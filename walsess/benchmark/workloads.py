@@ -1,4 +1,4 @@
-"""The workloads of ``walsess bench``, the same for every row, and the loops that time them.
+"""The workloads of ``walsess bench``, the same for every row.
 
 Written once, used by the ``walsess bench`` command (:mod:`.runner`) and by
 the developers' pytest-benchmark suite (``bench/``):
@@ -10,12 +10,14 @@ the developers' pytest-benchmark suite (``bench/``):
 * :class:`Populated`: a row's store holding some sessions, which hands out
   the zero-argument operation of each per-request workload
   (:meth:`Populated.operation`);
-* :func:`run_for` (one thread, for a time) and :func:`run_threads` (several
-  threads at once, for a time or a number of calls);
 * :func:`build_store` makes a row's store of N sessions and measures its
   disk bytes; :func:`footprint`, in a fresh process
   (:func:`measure_footprint`), measures the resident memory the sessions
-  take once the store is opened again, and times opening it.
+  take once the store is opened again, and times opening it;
+  :func:`memory_growth` measures what populating an open store adds.
+
+The loops that time the operations, the thread runner and the child-process
+runner are in :mod:`.measure`.
 
 Run as a module, this is that child process::
 
@@ -33,16 +35,14 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+import tracemalloc
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import walsess
-
+from .measure import rss, run_child
 from .peers import Peer, PeerSpec, RedisServer, peer_spec
 
 __all__ = [
@@ -57,10 +57,10 @@ __all__ = [
     "create_plan",
     "footprint",
     "measure_footprint",
+    "memory_growth",
     "new_value",
     "parse_scale",
-    "run_for",
-    "run_threads",
+    "resident",
     "session_data",
     "timed_open",
     "workload",
@@ -322,86 +322,43 @@ class Populated:
         self.peer.close()
 
 
-# -- timing -------------------------------------------------------------------------------
-
-
-def run_for(op: Callable[[], object], min_time: float) -> tuple[int, float]:
-    """Call *op* in growing batches until *min_time* seconds have passed: (calls, seconds)."""
-    calls, batch = 0, 1
-    t0 = time.perf_counter()
-    while True:
-        for _ in itertools.repeat(None, batch):
-            op()
-        calls += batch
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_time:
-            return calls, elapsed
-        # aim at half the time left, so the last batch overshoots little
-        left = (min_time - elapsed) / max(elapsed, 1e-9) * calls
-        batch = max(1, min(batch * 2, int(left / 2)))
-
-
-def run_threads(
-    ops: Sequence[Callable[[], object]],
-    *,
-    duration: float | None = None,
-    calls: int | None = None,
-) -> tuple[int, float]:
-    """Run each of *ops* in a thread of its own, all started together: (total calls, seconds).
-
-    Each thread calls its op *calls* times, or until *duration* seconds have
-    passed (the calls in progress then finish and count). The first error
-    in any thread stops all and is raised.
-    """
-    if (duration is None) == (calls is None):
-        raise ValueError("give duration or calls")
-    n = len(ops)
-    start = threading.Barrier(n + 1)
-    stop = threading.Event()
-    counts = [0] * n
-    errors: list[BaseException] = []
-
-    def worker(i: int) -> None:
-        op = ops[i]
-        start.wait()
-        c = 0
-        try:
-            if calls is not None:
-                for _ in itertools.repeat(None, calls):
-                    op()
-                    c += 1
-            else:
-                while not stop.is_set():
-                    op()
-                    c += 1
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
-        counts[i] = c
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    if duration is not None:
-        stop.wait(duration)
-        stop.set()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
-    return sum(counts), elapsed
-
-
 # -- open time, memory and disk -----------------------------------------------------------
 
 
-def _rss(pid: int | str = "self") -> int:
-    """Resident bytes of process *pid* (Linux ``/proc``)."""
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def resident(peer: Peer) -> int:
+    """Resident bytes of this process plus *peer*'s own processes (a Redis server)."""
+    return rss() + sum(rss(p) for p in peer.processes())
+
+
+def memory_growth(peer: Peer, sessions: int, method: str = "rss") -> tuple[int, str]:
+    """Populate open *peer* with sessions 0 .. *sessions* - 1 of :func:`session_data`:
+    (bytes its memory grew by, the last session's token).
+
+    *method* ``"rss"``: growth of :func:`resident` (page-grained; counts the
+    allocator's slack and the peer's server); ``"tracemalloc"``: growth of the
+    memory Python allocated in this process (exact, several times slower).
+    The tokens are dropped as they come, as a web server drops them after
+    each request. Run it in a fresh process (:func:`.measure.run_child`) so
+    nothing else's garbage is in the figure.
+    """
+    if method not in ("rss", "tracemalloc"):
+        raise ValueError(f"unknown method {method!r}; 'rss' or 'tracemalloc'")
+    traced = method == "tracemalloc"
+
+    def now() -> int:
+        return tracemalloc.get_traced_memory()[0] if traced else resident(peer)
+
+    gc.collect()
+    if traced:
+        tracemalloc.start()
+    try:
+        before = now()
+        token = _last(peer.populate(session_data(i) for i in range(sessions)))
+        gc.collect()
+        return now() - before, token
+    finally:
+        if traced:
+            tracemalloc.stop()
 
 
 def disk_usage(path: str) -> tuple[int, int]:
@@ -476,29 +433,21 @@ def footprint(name: str, sessions: int, path: str, token: str, opens: int) -> di
     """
     spec = peer_spec(name)
     expected = session_data(sessions - 1)
-
-    def rss(peer: Peer) -> int:
-        return _rss() + sum(_rss(p) for p in peer.processes())
-
     if not spec.persistent:
         peer = spec.open(path)
         try:
-            gc.collect()
-            before = rss(peer)
-            token = _last(peer.populate(session_data(i) for i in range(sessions)))
-            gc.collect()
-            after = rss(peer)
+            grown, token = memory_growth(peer, sessions)
             if peer.read(token) != expected:
                 raise RuntimeError(f"{name}: the last session does not hold its data")
         finally:
             peer.close()
-        return {"rss_bytes": after - before, "open_seconds": []}
+        return {"rss_bytes": grown, "open_seconds": []}
 
     empty_path = path.rstrip(os.sep) + ".empty"
     empty = spec.open(empty_path)
     try:
         gc.collect()
-        before = rss(empty)
+        before = resident(empty)
     finally:
         empty.close()
         shutil.rmtree(empty_path, ignore_errors=True)
@@ -511,7 +460,7 @@ def footprint(name: str, sessions: int, path: str, token: str, opens: int) -> di
             open_seconds.append(seconds)
             if i == 0:
                 gc.collect()
-                after = rss(peer)
+                after = resident(peer)
         finally:
             peer.close()
         if got != expected:
@@ -523,33 +472,8 @@ def measure_footprint(
     name: str, sessions: int, path: str, token: str, opens: int, timeout: float = 7200
 ) -> dict[str, Any]:
     """:func:`footprint` in a fresh interpreter, so nothing else is in its memory."""
-    # The child must import the same walsess as this process, wherever it came from.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(walsess.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "walsess.benchmark.workloads",
-            "footprint",
-            name,
-            str(sessions),
-            path,
-            token,
-            str(opens),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        raise RuntimeError(f"footprint of {name} failed: {tail[0]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    args = ["-m", "walsess.benchmark.workloads", "footprint", name, str(sessions), path, token]
+    return run_child([*args, str(opens)], f"footprint of {name}", timeout)
 
 
 def main(argv: list[str]) -> int:
