@@ -946,6 +946,28 @@ def test_missing_walsess_path_is_a_configuration_error(django_store: walsess.Sto
         walsess_django.get_store()
 
 
+def test_walsess_options_may_be_an_options(tmp_path: Path, clock: ManualClock) -> None:
+    walsess_django.close_store()
+    options = walsess.Options(clock=clock, cleanup_interval=None, default_ttl=77)
+    with override_settings(WALSESS_PATH=str(tmp_path / "sessions"), WALSESS_OPTIONS=options):
+        try:
+            assert walsess_django.get_store().options == options
+        finally:
+            walsess_django.close_store()
+
+
+def test_a_misspelt_walsess_options_key_is_named_and_opens_nothing(tmp_path: Path) -> None:
+    walsess_django.close_store()
+    path = tmp_path / "sessions"
+    misspelt = {"durabilty": "always"}
+    with (
+        override_settings(WALSESS_PATH=str(path), WALSESS_OPTIONS=misspelt),
+        pytest.raises(walsess.ValidationError, match="unknown option durabilty; the options are"),
+    ):
+        walsess_django.get_store()
+    assert not path.exists()
+
+
 def test_close_store_then_next_use_reopens(django_store: walsess.Store) -> None:
     session = SessionStore()
     session["a"] = 1

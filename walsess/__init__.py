@@ -12,8 +12,8 @@ Example::
 Layers, bottom up: :mod:`~walsess.record` (the byte format, pure functions),
 :mod:`~walsess.fileio` (the I/O seam), :mod:`~walsess.changelog` (log files,
 recovery), :mod:`~walsess.table` (the in-memory table),
-:mod:`~walsess.durability` (fsync policies), :mod:`~walsess.store` and
-:mod:`~walsess.session` (the API).
+:mod:`~walsess.durability` (fsync policies), :mod:`~walsess.options` (the
+settings), :mod:`~walsess.store` and :mod:`~walsess.session` (the API).
 """
 
 from .changelog import Cut
@@ -39,6 +39,7 @@ from .errors import (
     ValueTooLarge,
     WalsessError,
 )
+from .options import Options
 from .record import FORMAT_VERSION
 from .session import Session, SessionInfo
 from .store import Compaction, Store, open
@@ -63,6 +64,7 @@ __all__ = [
     "LimitError",
     "LockedError",
     "ManualClock",
+    "Options",
     "PickleCodec",
     "Recovery",
     "Session",

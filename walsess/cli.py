@@ -25,6 +25,7 @@ from .codec import JSON
 from .errors import LockedError, WalsessError
 from .fileio import OS
 from .lockfile import DirectoryLock
+from .options import Options
 from .progress import Progress
 from .repair import apply_repair, plan_repair
 from .snapshot import SNAPSHOT_FILE
@@ -272,25 +273,20 @@ def cmd_repair(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
-    from .store import Store
+    from .store import open as open_store
 
+    # The defaults but: every change synced, values copied as bytes whatever
+    # their codec (so no value is too large to copy), no background work.
+    options = Options(
+        durability="always",
+        codec=_PassThrough(),
+        max_value_bytes=rec.MAX_PAYLOAD_BYTES // 2,
+        compact_ratio=None,
+        compact_min_bytes=0,
+        cleanup_interval=None,
+    )
     try:
-        store = Store(
-            args.dir,
-            durability="always",
-            fsync_interval=1.0,
-            default_ttl=1800.0,
-            max_lifetime=None,
-            touch_granularity=60.0,
-            codec=_PassThrough(),
-            max_value_bytes=rec.MAX_PAYLOAD_BYTES // 2,
-            compact_ratio=None,
-            compact_min_bytes=0,
-            cleanup_interval=None,
-            max_sessions=None,
-            clock=time.time,
-            fs=OS,
-        )
+        store = open_store(args.dir, options)
     except LockedError:
         raise LockedError(
             f"{args.dir} is open in another process: compact it from there (store.compact())"

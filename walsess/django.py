@@ -4,7 +4,7 @@ Settings::
 
     SESSION_ENGINE = "walsess.django"
     WALSESS_PATH = BASE_DIR / "var" / "sessions"       # the store directory
-    WALSESS_OPTIONS = {"durability": "interval"}       # keyword arguments of walsess.open
+    WALSESS_OPTIONS = {"durability": "interval"}       # walsess.Options, or a dict of its fields
 
 :class:`SessionStore` is a :class:`~django.contrib.sessions.backends.base.SessionBase`
 whose data is a :class:`walsess.request.RequestSession`, so Django's
@@ -77,6 +77,7 @@ from django.contrib.sessions.backends.base import CreateError, SessionBase, Upda
 from django.core.exceptions import ImproperlyConfigured
 
 from .errors import LockedError, SessionNotFound
+from .options import Options
 from .request import RequestSession
 from .store import Store
 from .store import open as open_store
@@ -121,9 +122,12 @@ def _open() -> None:
             "SESSION_ENGINE = 'walsess.django' needs WALSESS_PATH, the directory of the"
             " session store (for example BASE_DIR / 'var' / 'sessions')"
         )
-    options: dict[str, Any] = dict(getattr(django_conf.settings, "WALSESS_OPTIONS", None) or {})
+    configured = getattr(django_conf.settings, "WALSESS_OPTIONS", None) or {}
+    # An Options, or a dict of its fields (the keyword arguments of walsess.open);
+    # a key that names no setting raises ValidationError listing those there are.
+    options = configured if isinstance(configured, Options) else Options.of(**configured)
     try:
-        _store = open_store(os.fspath(path), **options)
+        _store = open_store(os.fspath(path), options)
     except LockedError as exc:
         raise LockedError(
             f"{exc}. (walsess.django opens WALSESS_PATH when Django loads SESSION_ENGINE."

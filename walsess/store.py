@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 
 from . import record as rec
 from . import tokens
-from .codec import JSON, Codec, decoder_of_all, resolve_codec
-from .durability import MODES, make_policy
+from .codec import JSON, decoder_of_all
+from .durability import make_policy
 from .errors import (
     CodecError,
     InsecureStore,
@@ -41,8 +41,10 @@ from .errors import (
     ValidationError,
     ValueTooLarge,
 )
-from .fileio import OS, FileSystem, must_fsync_dir
+from .fileio import FileSystem, must_fsync_dir
 from .lockfile import DirectoryLock
+from .options import Options
+from .options import check_positive as _positive
 from .session import _MISSING, Session, SessionInfo
 from .snapshot import SnapshotWriter
 from .storedir import Recovery, StoreDirectory
@@ -52,7 +54,6 @@ __all__ = ["Compaction", "Store", "open"]
 
 log = logging.getLogger("walsess")
 
-Clock = Callable[[], float]
 Hook = Callable[[SessionInfo, str], object]
 
 _INF = math.inf
@@ -108,90 +109,23 @@ class Compaction:
 
 
 def open(  # the front door, like io.open and dbm.open
-    path: str | os.PathLike[str],
-    *,
-    durability: str = "interval",
-    fsync_interval: float = 1.0,
-    default_ttl: float = 1800.0,
-    max_lifetime: float | None = None,
-    touch_granularity: float = 60.0,
-    codec: str | Codec = "json",
-    max_value_bytes: int = 1 << 20,
-    compact_ratio: float | None = 2.0,
-    compact_min_bytes: int = 64 << 20,
-    cleanup_interval: float | None = 60.0,
-    max_sessions: int | None = None,
-    clock: Clock = time.time,
-    fs: FileSystem = OS,
+    path: str | os.PathLike[str], options: Options | None = None, **settings: Any
 ) -> Store:
     """Open (creating if needed) the store in directory *path* and replay its log.
 
-    :param durability: ``"always"``, ``"interval"`` (default) or ``"never"``;
-        see :mod:`walsess.durability` and the README for what each guarantees.
-    :param fsync_interval: seconds within which ``interval`` mode fsyncs a change.
-    :param default_ttl: idle timeout of new sessions, in seconds; reads extend it.
-    :param max_lifetime: absolute lifetime of new sessions from creation, or None.
-    :param touch_granularity: a read that extends a session's idle deadline writes
-        a TOUCH record only once the deadline has moved by
-        ``min(touch_granularity, ttl / 10)`` since the last one logged; after a
-        restart a session may expire earlier by at most that much, never later.
-    :param codec: ``"json"`` (default), ``"pickle"`` (only if you trust every
-        writer of the files), or any :class:`~walsess.codec.Codec`.
-    :param max_value_bytes: the largest encoded value accepted (and replayed).
-    :param compact_ratio: compact in the background once snapshot plus log are
-        larger than this many times the live data and larger than
-        *compact_min_bytes*; None disables automatic compaction.
-    :param cleanup_interval: seconds between background :meth:`Store.gc` runs
-        (real time); 0 or None disables the cleanup thread.
-    :param max_sessions: refuse to create more live sessions than this
-        (:class:`StoreFull`, after a gc); live sessions are never evicted.
-    :param clock: seconds since the epoch; inject one in tests instead of sleeping.
-    :param fs: the file-system seam (tests inject faults through it).
+    The store's settings are *options* (the defaults if None) with any keyword
+    *settings* in their place: ``open(path, durability="always")`` and
+    ``open(path, Options(durability="always"))`` open the same store. Each
+    setting and its default is documented on :class:`~walsess.Options`.
+
+    :raises ValidationError: a bad setting, or a keyword that names none;
+        raised before any file is touched.
     :raises LockedError: another opener holds the store.
     :raises CorruptionError: damage that is not a torn tail; names file and offset.
 
     Opening costs one pass over the log (about 1 s per million records).
     """
-    return Store(
-        os.fspath(path),
-        durability=durability,
-        fsync_interval=fsync_interval,
-        default_ttl=default_ttl,
-        max_lifetime=max_lifetime,
-        touch_granularity=touch_granularity,
-        codec=codec,
-        max_value_bytes=max_value_bytes,
-        compact_ratio=compact_ratio,
-        compact_min_bytes=compact_min_bytes,
-        cleanup_interval=cleanup_interval,
-        max_sessions=max_sessions,
-        clock=clock,
-        fs=fs,
-    )
-
-
-def _positive(name: str, value: object, allow_none: bool = False) -> None:
-    """Raise :class:`ValidationError` unless *value* is a positive finite number."""
-    if value is None and allow_none:
-        return
-    try:
-        ok = (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)  # an int too large for a float overflows here
-            and value > 0
-        )
-    except OverflowError:
-        ok = False
-    if not ok:
-        raise ValidationError(
-            f"{name} must be a positive finite number of seconds, not {_short(value)}"
-        )
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return Store(os.fspath(path), Options.of(options, **settings))
 
 
 class Store:
@@ -209,83 +143,34 @@ class Store:
             s = store.get(token)   # None if unknown or expired
     """
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        durability: str,
-        fsync_interval: float,
-        default_ttl: float,
-        max_lifetime: float | None,
-        touch_granularity: float,
-        codec: str | Codec,
-        max_value_bytes: int,
-        compact_ratio: float | None,
-        compact_min_bytes: int,
-        cleanup_interval: float | None,
-        max_sessions: int | None,
-        clock: Clock,
-        fs: FileSystem,
-    ) -> None:
+    def __init__(self, path: str, options: Options) -> None:
+        """Open the store in *path* with *options*; :func:`walsess.open` is the way in."""
         # Bound to the directory now: a later chdir() (daemons chdir("/")) must
         # not send compaction's files somewhere else, without the lock.
         path = os.path.abspath(path)
-        # Every argument is checked before any file is touched (no recovery,
-        # no directory created, for an open that is refused).
-        if durability not in MODES:
-            raise ValidationError(
-                f"durability must be one of {', '.join(MODES)}, not {_short(durability)}"
-            )
-        if not callable(clock):
-            raise ValidationError(f"clock must be a callable giving seconds, not {_short(clock)}")
-        if not isinstance(fs, FileSystem):
-            raise ValidationError(f"fs must be a walsess.fileio.FileSystem, not {_short(fs)}")
-        if type(compact_min_bytes) is not int or compact_min_bytes < 0:
-            raise ValidationError(
-                f"compact_min_bytes must be an int >= 0, not {_short(compact_min_bytes)}"
-            )
-        if type(max_value_bytes) is not int:
-            raise ValidationError(f"max_value_bytes must be an int, not {_short(max_value_bytes)}")
-        _positive("default_ttl", default_ttl)
-        _positive("max_lifetime", max_lifetime, allow_none=True)
-        _positive("fsync_interval", fsync_interval)
-        _positive("touch_granularity", touch_granularity)
-        if not 0 < max_value_bytes <= rec.MAX_PAYLOAD_BYTES // 2:
-            raise ValidationError(f"max_value_bytes must be in 1..{rec.MAX_PAYLOAD_BYTES // 2}")
-        if compact_ratio is not None:
-            _positive("compact_ratio", compact_ratio)
-            if compact_ratio <= 1:
-                # A snapshot of the live data is ~1x live: at or below 1 every
-                # write would start another full compaction.
-                raise ValidationError(
-                    f"compact_ratio must be above 1 (2.0 is the default), not {compact_ratio!r}"
-                )
-        if cleanup_interval:
-            _positive("cleanup_interval", cleanup_interval)
-        for name, interval in (
-            ("fsync_interval", fsync_interval),
-            ("cleanup_interval", cleanup_interval),
-        ):
-            if interval and interval > threading.TIMEOUT_MAX:  # a thread waits this long
-                raise ValidationError(f"{name} must be at most {threading.TIMEOUT_MAX:.0f} s")
-        if max_sessions is not None and (type(max_sessions) is not int or max_sessions < 1):
-            raise ValidationError(f"max_sessions must be a positive int or None: {max_sessions!r}")
-        self.compact_ratio = compact_ratio
-        self.compact_min_bytes = int(compact_min_bytes)
-        self.cleanup_interval = cleanup_interval or None
-        self.max_sessions = max_sessions
+        # Every setting was checked when *options* was built, before any file
+        # is touched (no recovery, no directory created, for an open that is refused).
+        self.options = options
+        # Read again where the directory is opened and the fsync policy made.
+        durability, fsync_interval = options.durability, options.fsync_interval
+        max_value_bytes = options.max_value_bytes
+        # The settings the data path reads, as plain attributes (one lookup each).
+        self.compact_ratio = options.compact_ratio
+        self.compact_min_bytes = options.compact_min_bytes
+        self.cleanup_interval = options.cleanup_interval
+        self.max_sessions = options.max_sessions
         self.path = path
-        self.durability = durability
-        self.default_ttl = float(default_ttl)
-        self.max_lifetime = None if max_lifetime is None else float(max_lifetime)
-        self.touch_granularity = float(touch_granularity)
-        self.max_value_bytes = max_value_bytes
-        self.codec = resolve_codec(codec)
+        self.durability = options.durability
+        self.default_ttl = options.default_ttl
+        self.max_lifetime = options.max_lifetime
+        self.touch_granularity = options.touch_granularity
+        self.max_value_bytes = options.max_value_bytes
+        self.codec = options.resolved_codec
         self._decode = self.codec.decode
         self._decode_all = decoder_of_all(self.codec)
         self._encode = self.codec.encode
-        self._clock = clock
-        self._fs = fs
+        self._clock = options.clock
+        self._fs = fs = options.fs
         self._lock = threading.Lock()
         self._closed = True
         self._pid = os.getpid()
