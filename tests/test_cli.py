@@ -119,14 +119,18 @@ def test_repair_copies_aside_cuts_and_reports(
         assert store.recovery.clean and len(store) == 6
 
 
-def test_repair_salvages_a_damaged_snapshot(tmp_path: Path, clock: FakeClock) -> None:
+def test_repair_salvages_a_damaged_snapshot(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Damage costs the sessions of its block: one session per block here.
+    monkeypatch.setattr(r, "BLOCK_SESSIONS", 1)
     path = str(tmp_path / "s")
     with walsess.open(path, clock=clock, cleanup_interval=None) as store:
         tokens = [store.create({"i": i}).id for i in range(10)]
         store.compact()
     snap = next(Path(path).glob("*.snap"))
     buf = bytearray(snap.read_bytes())
-    buf[-40] ^= 0xFF  # inside the last CREATE record
+    buf[-40] ^= 0xFF  # inside the last BLOCK record
     snap.write_bytes(bytes(buf))
     assert run("check", path).returncode == 1
     with pytest.raises(walsess.CorruptionError):

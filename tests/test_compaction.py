@@ -49,6 +49,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import walsess
+from walsess import record as wrecord
 from walsess import store as store_mod
 from walsess.fileio import FileSystem
 from walsess.record import MAX_SID, Create, End, RecordReader
@@ -347,6 +348,7 @@ def test_crash_at_every_call_of_a_compaction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writers: bool
 ) -> None:
     monkeypatch.setattr(store_mod, "_COMPACT_CHUNK", 3)
+    monkeypatch.setattr(wrecord, "BLOCK_SESSIONS", 3)  # a block per chunk: many writes
     reference = crash_trial(str(tmp_path / "reference" / "store"), None, writers)
     calls = reference.calls
     names = {name for name, _ in calls}
@@ -451,6 +453,7 @@ def test_fuzzy_snapshot_with_writes_between_chunks(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
         mp.setattr(store_mod, "_COMPACT_CHUNK", chunk)
+        mp.setattr(wrecord, "BLOCK_SESSIONS", chunk)
         path = os.path.join(tmp, "store")
         clock = FakeClock()
         fs = HookFS()

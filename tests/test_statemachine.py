@@ -651,23 +651,28 @@ class StoreMachine(RuleBasedStateMachine):
         files = StoreDirectory(self.path, OS)
         snaps, logs = files.snapshots(), files.logs()
         table = SessionTable()
+        table.begin_bulk()
         if self.snapshot_sessions is None:
             assert snaps == []
             first = 1
         else:
             assert len(snaps) == 1  # older ones were deleted by the compaction
             first = snaps[0]
-            loaded = load_snapshot(files.snapshot_path(first), OS, table.apply, MAX_VALUE)
+            loaded = load_snapshot(files.snapshot_path(first), OS, table, MAX_VALUE)
             assert loaded == self.snapshot_sessions
         assert logs == list(range(first, first + len(logs))) and logs
         count = 0
         for g in logs:
             newest = g == logs[-1]
+            table.reading(files.log_path(g), MAX_VALUE)
             replay = replay_log(
-                files.log_path(g), OS, table.apply, table.set_key, MAX_VALUE, newest
-            )
+                files.log_path(g), OS, table.apply, table.set_key, MAX_VALUE, newest,
+                table.touch_sid, table.create_packed,
+            )  # fmt: skip
             assert replay.cut is None, replay.cut
             count += replay.records
+        table.end_bulk()
+        table._check()
         assert count == self.chain_records
         assert len(table) == len(self.sessions)
         for token, m in self.sessions.items():

@@ -30,6 +30,7 @@ from .fileio import FileSystem, must_fsync, must_fsync_dir
 from .record import (
     HEADER_SIZE,
     LOG_MAGIC,
+    Block,
     End,
     Header,
     Record,
@@ -87,9 +88,12 @@ def replay_log(
     set_key: Callable[[int, str, bytes], object],
     max_value: int,
     newest: bool,
+    on_touch: Callable[[int, float, float], object] | None = None,
+    on_create: Callable[..., object] | None = None,
 ) -> LogReplay:
     """Replay the log file at *path*: records to ``apply(record)``, one-key sets
-    to ``set_key(sid, key, value)``.
+    to ``set_key(sid, key, value)``, and TOUCH and CREATE records to the fast
+    paths *on_touch* and *on_create* if given (see :meth:`RecordReader.replay`).
 
     A torn tail is reported (not yet cut) only if *newest*; otherwise, and for
     a bad record followed by a valid one, :class:`CorruptionError`.
@@ -114,13 +118,15 @@ def replay_log(
         raise exc.located(path) from None
 
     def checked(_pos: int, rec: Record) -> None:
-        if type(rec) is End:
-            raise CorruptionError("an END record belongs in snapshots, not logs", path, _pos)
+        if type(rec) is End or type(rec) is Block:
+            raise CorruptionError(
+                f"an {type(rec).__name__.upper()} record belongs in snapshots, not logs", path, _pos
+            )
         apply(rec)
 
     reader = RecordReader(buf, HEADER_SIZE, max_value)
     try:
-        records = reader.replay(checked, set_key)
+        records = reader.replay(checked, set_key, on_touch, on_create)
     except FileError as exc:
         raise exc.located(path) from None
     stop = reader.stop

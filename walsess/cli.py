@@ -117,7 +117,7 @@ def _value(raw: bytes) -> Any:
         return {"hex": raw.hex()}
 
 
-def _describe(file: str, offset: int, r: rec.Record) -> dict[str, Any]:
+def _describe(file: str, offset: int, r: rec.SessionRecord) -> dict[str, Any]:
     out: dict[str, Any] = {
         "file": os.path.basename(file),
         "offset": offset,

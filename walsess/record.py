@@ -36,22 +36,28 @@ import warnings
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import IntEnum
+from itertools import accumulate
 from typing import Any, NamedTuple, Union
 
 import crcmod.predefined
 
-from .errors import CorruptionError, FormatError, InvalidKey, LimitError
+from .errors import CorruptionError, FileError, FormatError, InvalidKey, LimitError
 
 __all__ = [
+    "BLOCK_SESSIONS",
     "CRC_C_EXTENSION",
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "LOG_MAGIC",
+    "MAX_BLOCK_SESSIONS",
     "MAX_KEYS",
     "MAX_KEY_BYTES",
     "MAX_PAYLOAD_BYTES",
     "RECORD_OVERHEAD",
     "SNAPSHOT_MAGIC",
+    "SNAPSHOT_VERSION",
+    "SNAPSHOT_VERSIONS",
+    "Block",
     "ChangeId",
     "Create",
     "Destroy",
@@ -62,10 +68,14 @@ __all__ = [
     "Op",
     "Record",
     "RecordReader",
+    "SessionRecord",
     "Stop",
     "Touch",
+    "block_creates",
     "crc32c",
     "decode_header",
+    "decode_item_block",
+    "encode_block",
     "encode_change_id",
     "encode_create",
     "encode_destroy",
@@ -75,6 +85,7 @@ __all__ = [
     "encode_record",
     "encode_set",
     "encode_touch",
+    "item_block",
     "key_bytes",
     "keys_bytes",
     "next_valid_record",
@@ -82,7 +93,13 @@ __all__ = [
 
 LOG_MAGIC = b"WSSLOG\r\n"
 SNAPSHOT_MAGIC = b"WSSSNP\r\n"
+#: Version of the log format (its header and records).
 FORMAT_VERSION = 1
+#: Version of the snapshot format written: 2 is columnar BLOCK records; 1 (one
+#: CREATE record per session) is still read.
+SNAPSHOT_VERSION = 2
+#: Snapshot versions this walsess reads.
+SNAPSHOT_VERSIONS = (1, 2)
 
 HEADER_SIZE = 32
 _HEADER = struct.Struct("<8sHHQQ")  # + u32 crc = 32 bytes
@@ -109,8 +126,11 @@ _TOUCH = struct.Struct("<BIIdd")
 _DESTROY = struct.Struct("<BIIB")
 _CHANGE_ID = struct.Struct("<BII32s")
 _F64X2 = struct.Struct("<dd")
-_ONE_SET_HEAD = struct.Struct("<BII6sHI")
 _ONE_SET_SHAPE = b"\x00\x01\x00\x00\x00\x00"
+# The same head read as integers, so replay builds no bytes object to compare:
+# flags=0 and the count's low byte (1) make 256, the rest of the count and
+# kind=0 make 0.
+_ONE_SET_HEAD = struct.Struct("<BIIHIHI")
 
 _CREATE_HAS_USER = 0x01
 _CREATE_HAS_META = 0x02
@@ -164,6 +184,7 @@ class Op(IntEnum):
     MODIFY = 3
     TOUCH = 4
     END = 5
+    BLOCK = 6
 
 
 class DestroyReason(IntEnum):
@@ -239,7 +260,31 @@ class End(NamedTuple):
     sessions: int
 
 
-Record = Union[Create, Destroy, ChangeId, Modify, Touch, End]  # noqa: UP007 - a runtime alias on 3.10
+class Block(NamedTuple):
+    """Up to :data:`MAX_BLOCK_SESSIONS` sessions of a version 2 snapshot (op 6),
+    decoded column by column; session *i* is ``sids[i]``, ``digests[i]`` and so on.
+
+    ``items[i]`` is session *i*'s item block, not yet decoded (see
+    :func:`decode_item_block`); it starts at offset ``items_at + starts[i]`` of
+    the record, which is what an error found when it is decoded names.
+    """
+
+    sids: list[int]
+    digests: list[bytes]
+    created_at: list[float]
+    ttl: list[float]
+    idle_deadline: list[float]
+    hard_deadline: list[float]
+    users: list[str | None]
+    metas: list[bytes | None]
+    items: list[bytes]
+    items_at: int
+    starts: array[int]
+
+
+#: A record that addresses one session (or closes a snapshot): everything but a BLOCK.
+SessionRecord = Union[Create, Destroy, ChangeId, Modify, Touch, End]  # noqa: UP007 - a runtime alias on 3.10
+Record = Union[SessionRecord, Block]  # noqa: UP007
 
 
 class Stop(NamedTuple):
@@ -273,10 +318,15 @@ def _seal(body: bytes) -> bytes:
     return body + _U32.pack(crc32c(body))
 
 
-def encode_header(generation: int, follows: int, magic: bytes = LOG_MAGIC) -> bytes:
+def encode_header(
+    generation: int, follows: int, magic: bytes = LOG_MAGIC, version: int | None = None
+) -> bytes:
     """The 32-byte header of a log file of *generation* that follows snapshot *follows*
-    (or, with ``magic=SNAPSHOT_MAGIC``, of snapshot *generation*; *follows* is then 0)."""
-    head = _HEADER.pack(magic, FORMAT_VERSION, 0, generation, follows)
+    (or, with ``magic=SNAPSHOT_MAGIC``, of snapshot *generation*; *follows* is then 0).
+    *version* defaults to the version this walsess writes for that kind of file."""
+    if version is None:
+        version = SNAPSHOT_VERSION if magic == SNAPSHOT_MAGIC else FORMAT_VERSION
+    head = _HEADER.pack(magic, version, 0, generation, follows)
     return _seal(head)
 
 
@@ -424,6 +474,103 @@ def encode_modify(sid: int, clear: bool, changes: Iterable[tuple[bytes, bytes | 
     return _frame(Op.MODIFY, sid, flags + block)
 
 
+#: Most sessions one BLOCK record holds. A compaction writes blocks of
+#: :data:`BLOCK_SESSIONS`; a reader refuses more than this before allocating.
+MAX_BLOCK_SESSIONS = 0xFFFF
+#: Sessions per block written by compaction: big enough that per-block costs
+#: vanish, small enough that a block is a few hundred KiB.
+BLOCK_SESSIONS = 4096
+_BLOCK_FIXED = 4 + DIGEST_SIZE + 4 * 8 + 3 * 4  # bytes per session before the tables
+_LITTLE = sys.byteorder == "little"
+
+
+def _column(code: str, values: Iterable[Any]) -> bytes:
+    """*values* as a little-endian array of *code* (``I`` u32, ``H`` u16, ``d`` f64)."""
+    arr = array(code, values)
+    if not _LITTLE:  # pragma: no cover - no big-endian machine to test on
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def _read_column(code: str, buf: bytes | memoryview) -> array[Any]:
+    """The little-endian array of *code* in *buf*: one C call."""
+    arr = array(code)
+    arr.frombytes(buf)
+    if not _LITTLE:  # pragma: no cover
+        arr.byteswap()
+    return arr
+
+
+def _table(values: Sequence[bytes | None], width: str) -> tuple[list[int], bytes]:
+    """References (0: none, k: the k-th distinct value) and the table that holds
+    each distinct value once: count u32, lengths (*width*), bytes."""
+    index: dict[bytes, int] = {}
+    refs = []
+    for v in values:
+        if v is None:
+            refs.append(0)
+        else:
+            k = index.get(v)
+            if k is None:
+                k = index[v] = len(index) + 1
+            refs.append(k)
+    distinct = list(index)
+    head = _U32.pack(len(distinct)) + _column(width, map(len, distinct))
+    return refs, b"".join((head, *distinct))
+
+
+def encode_block(
+    sids: Sequence[int],
+    digests: Sequence[bytes],
+    created_at: Sequence[float],
+    ttl: Sequence[float],
+    idle_deadline: Sequence[float],
+    hard_deadline: Sequence[float],
+    users: Sequence[str | None],
+    metas: Sequence[bytes | None],
+    items: Sequence[bytes],
+) -> bytes:
+    """A BLOCK record of ``len(sids)`` sessions, column by column (docs/FORMAT.md).
+
+    *items* are item blocks as :func:`item_block` makes them (or as a
+    :class:`Block` or CREATE record carried them: they are copied, not decoded).
+    Users and metadata are stored once per block and referred to by number.
+    Cost: O(n) C calls plus one Python step per session for the tables.
+    """
+    n = len(sids)
+    if not 0 < n <= MAX_BLOCK_SESSIONS:
+        raise ValueError(f"a block holds 1..{MAX_BLOCK_SESSIONS} sessions, not {n}")
+    columns = (digests, created_at, ttl, idle_deadline, hard_deadline, users, metas, items)
+    if any(len(c) != n for c in columns) or any(len(d) != DIGEST_SIZE for d in digests):
+        raise ValueError("every column must hold one 32-byte digest or value per session")
+    user_refs, user_table = _table([None if u is None else u.encode() for u in users], "H")
+    meta_refs, meta_table = _table(metas, "I")
+    payload = b"".join(
+        (
+            _column("I", sids),
+            b"".join(digests),
+            _column("d", created_at),
+            _column("d", ttl),
+            _column("d", idle_deadline),
+            _column("d", hard_deadline),
+            _column("I", user_refs),
+            _column("I", meta_refs),
+            _column("I", accumulate(map(len, items))),
+            user_table,
+            meta_table,
+            *items,
+        )
+    )
+    return _frame(Op.BLOCK, n, payload)
+
+
+def item_block(items: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """An item block of (UTF-8 key, encoded value) pairs, as CREATE and BLOCK
+    records carry a session's data: count, lengths, keys, values."""
+    pairs = list(items)
+    return _item_block([k for k, _ in pairs], [v for _, v in pairs])
+
+
 def encode_record(record: Record) -> bytes:
     """Any decoded record, encoded again byte for byte."""
     if isinstance(record, Create):
@@ -447,6 +594,8 @@ def encode_record(record: Record) -> bytes:
         return encode_end(record.sessions)
     if isinstance(record, Modify):
         return encode_modify(record.sid, record.clear, [(k.encode(), v) for k, v in record.changes])
+    if isinstance(record, Block):
+        return encode_block(*record[:9])
     return encode_touch(record.sid, record.idle_deadline, record.ttl)
 
 
@@ -464,10 +613,11 @@ def decode_header(buf: bytes | memoryview, magic: bytes = LOG_MAGIC) -> Header:
     (crc,) = _U32.unpack_from(buf, HEADER_SIZE - 4)
     if crc != crc32c(buf[: HEADER_SIZE - 4]):
         raise CorruptionError("header checksum mismatch", None, 0)
-    if version != FORMAT_VERSION:
+    readable = SNAPSHOT_VERSIONS if magic == SNAPSHOT_MAGIC else (FORMAT_VERSION,)
+    if version not in readable:
         raise FormatError(
-            f"format version {version} is not supported (this walsess reads {FORMAT_VERSION});"
-            " upgrade walsess",
+            f"format version {version} is not supported (this walsess reads"
+            f" {' and '.join(map(str, readable))}); upgrade walsess",
             None,
             8,
         )
@@ -560,6 +710,155 @@ def _decode_items(
     return out
 
 
+def decode_item_block(block: bytes, max_value: int = MAX_PAYLOAD_BYTES) -> dict[str, bytes]:
+    """The data a session's item block holds, every length and key checked.
+
+    Raises :class:`CorruptionError` or :class:`LimitError` with the offset in
+    *block* of what is wrong (callers locate it in their file). Cost: one
+    struct call for the lengths, one slice per key and value.
+    """
+    items = _decode_items(block, 0, len(block), max_value, _KEY_CACHE, False)
+    if len(_KEY_CACHE) > 4096:
+        _KEY_CACHE.clear()
+    return dict(items)  # type: ignore[arg-type]
+
+
+_KEY_CACHE: dict[bytes, str] = {}
+
+
+def block_creates(block: Block, max_value: int = MAX_PAYLOAD_BYTES) -> list[Create]:
+    """The sessions of *block* as the CREATE records that recreate them, items
+    decoded (for tools; loading a store keeps them packed). Errors carry the
+    offset in the record."""
+    out = []
+    for i, items in enumerate(block.items):
+        try:
+            data = decode_item_block(items, max_value)
+        except FileError as exc:
+            raise exc.located("", block.items_at + block.starts[i]) from None
+        out.append(
+            Create(block.sids[i], block.digests[i], block.created_at[i], block.ttl[i],
+                   block.idle_deadline[i], block.hard_deadline[i], block.users[i],
+                   block.metas[i], tuple(data.items()))
+        )  # fmt: skip
+    return out
+
+
+def _decode_block(n: int, buf: bytes, start: int, end: int) -> Block:
+    """The BLOCK record of *n* sessions whose verified payload is ``buf[start:end]``.
+
+    Every count, length, reference and offset is bounded by the bytes present
+    before anything is built; item blocks are sliced out but not decoded.
+    """
+    if not 0 < n <= MAX_BLOCK_SESSIONS:
+        raise _malformed(f"a block of {n} sessions (1..{MAX_BLOCK_SESSIONS} allowed)", start - 8)
+    if end - start < n * _BLOCK_FIXED + 8:
+        raise _malformed(f"a block of {n} sessions needs more than {end - start} bytes", start)
+    mv = memoryview(buf)
+    at = start
+    sids = _read_column("I", mv[at : at + 4 * n]).tolist()
+    at += 4 * n
+    d0 = at
+    at += DIGEST_SIZE * n
+    digests = list(
+        map(buf.__getitem__, map(slice, range(d0, at, DIGEST_SIZE), range(d0 + 32, at + 32, 32)))
+    )
+    floats = []
+    for _ in range(4):
+        floats.append(_read_column("d", mv[at : at + 8 * n]).tolist())
+        at += 8 * n
+    user_refs = _read_column("I", mv[at : at + 4 * n])
+    meta_refs = _read_column("I", mv[at + 4 * n : at + 8 * n])
+    ends = _read_column("I", mv[at + 8 * n : at + 12 * n])
+    at += 12 * n
+    tables = []
+    for width, size in (("H", 2), ("I", 4)):
+        table_at = at
+        if end - at < 4:
+            raise _short(at)
+        count = _unpack_u32(buf, at)[0]
+        if count > n or at + 4 + size * count > end:
+            raise _malformed(f"a table of {count} values in a block of {n} sessions", at)
+        lengths = _read_column(width, mv[at + 4 : at + 4 + size * count])
+        at += 4 + size * count
+        if sum(lengths) > end - at:
+            raise _malformed("table values run past the end of the block", table_at)
+        stops = list(_ends(at, lengths))
+        values = list(map(buf.__getitem__, map(slice, [at, *stops[:-1]], stops)))
+        at += sum(lengths)
+        tables.append((table_at, values))
+    (users_at, raw_users), (metas_at, metas_table) = tables
+    try:
+        user_table: list[str | None] = [None, *(u.decode() for u in raw_users)]
+    except UnicodeDecodeError:
+        raise _malformed("a user is not UTF-8", users_at) from None
+    if max(user_refs) >= len(user_table):
+        raise _malformed(f"user number {max(user_refs)} is not in the block's table", users_at)
+    meta_table: list[bytes | None] = [None, *metas_table]
+    if max(meta_refs) >= len(meta_table):
+        raise _malformed(f"metadata number {max(meta_refs)} is not in the table", metas_at)
+    if ends[-1] != end - at or any(map(int.__gt__, ends[:-1], ends[1:])):
+        raise _malformed("item block offsets are out of order or out of range", at - 4 * n)
+    starts = array("I", (0,))
+    starts.extend(ends[:-1])
+    items = list(map(buf.__getitem__, map(slice, _offsets(at, starts), _offsets(at, ends))))
+    created, ttl, idle, hard = floats
+    return Block(
+        sids,
+        digests,
+        created,
+        ttl,
+        idle,
+        hard,
+        list(map(user_table.__getitem__, user_refs)),
+        list(map(meta_table.__getitem__, meta_refs)),
+        items,
+        at - start + _HEAD_SIZE,
+        starts,
+    )
+
+
+def _offsets(base: int, offsets: Iterable[int]) -> Iterator[int]:
+    """*base* + each offset, in C."""
+    return map(base.__add__, offsets)
+
+
+def _ends(base: int, lengths: Iterable[int]) -> Iterator[int]:
+    """*base* + the running sums of *lengths*: where each value ends."""
+    return map(base.__add__, accumulate(lengths))
+
+
+def _create_head(
+    buf: bytes, pos: int, end: int
+) -> tuple[bytes, float, float, float, float, str | None, bytes | None, int]:
+    """A CREATE payload's fields before its item block (in ``buf[pos:end]``),
+    and the offset where the item block starts."""
+    if end - pos < _CREATE_FIXED.size:
+        raise _short(pos)
+    digest, created, ttl, idle, hard, flags = _CREATE_FIXED.unpack_from(buf, pos)
+    pos += _CREATE_FIXED.size
+    user = meta = None
+    if flags:
+        if flags & ~(_CREATE_HAS_USER | _CREATE_HAS_META):
+            raise FormatError(f"unknown CREATE flags {flags:#x}", None, pos - 1)
+        if flags & _CREATE_HAS_USER:
+            if pos + 2 > end or pos + 2 + _unpack_u16(buf, pos)[0] > end:
+                raise _short(pos)
+            u_end = pos + 2 + _unpack_u16(buf, pos)[0]
+            try:
+                user = buf[pos + 2 : u_end].decode()
+            except UnicodeDecodeError:
+                raise _malformed("user is not UTF-8", pos) from None
+            pos = u_end
+        if flags & _CREATE_HAS_META:
+            if pos + 4 > end or pos + 4 + _unpack_u32(buf, pos)[0] > end:
+                raise _short(pos)
+            m_end = pos + 4 + _unpack_u32(buf, pos)[0]
+            meta = buf[pos + 4 : m_end]
+            pos = m_end
+    return digest, created, ttl, idle, hard, user, meta, pos
+
+
 def _decode_payload(
     op: int,
     sid: int,
@@ -593,29 +892,7 @@ def _decode_payload(
         pos += 16
         rec = Touch(sid, idle, ttl)
     elif op == Op.CREATE:
-        if end - pos < _CREATE_FIXED.size:
-            raise _short(pos)
-        digest, created, ttl, idle, hard, flags = _CREATE_FIXED.unpack_from(buf, pos)
-        if flags & ~(_CREATE_HAS_USER | _CREATE_HAS_META):
-            raise FormatError(f"unknown CREATE flags {flags:#x}", None, pos + 64)
-        pos += _CREATE_FIXED.size
-        user = None
-        if flags & _CREATE_HAS_USER:
-            if pos + 2 > end or pos + 2 + _unpack_u16(buf, pos)[0] > end:
-                raise _short(pos)
-            u_end = pos + 2 + _unpack_u16(buf, pos)[0]
-            try:
-                user = buf[pos + 2 : u_end].decode()
-            except UnicodeDecodeError:
-                raise _malformed("user is not UTF-8", pos) from None
-            pos = u_end
-        meta = None
-        if flags & _CREATE_HAS_META:
-            if pos + 4 > end or pos + 4 + _unpack_u32(buf, pos)[0] > end:
-                raise _short(pos)
-            m_end = pos + 4 + _unpack_u32(buf, pos)[0]
-            meta = buf[pos + 4 : m_end]
-            pos = m_end
+        digest, created, ttl, idle, hard, user, meta, pos = _create_head(buf, pos, end)
         items = _decode_items(buf, pos, end, max_value, keys, False)
         pos = end
         rec = Create(sid, digest, created, ttl, idle, hard, user, meta, tuple(items))  # type: ignore[arg-type]
@@ -634,6 +911,9 @@ def _decode_payload(
             raise _short(pos)
         rec = ChangeId(sid, buf[pos : pos + DIGEST_SIZE])
         pos += DIGEST_SIZE
+    elif op == Op.BLOCK:
+        rec = _decode_block(sid, buf, start, end)
+        pos = end
     else:
         raise FormatError(f"unknown record op {op}; written by a newer walsess?", None, start - 9)
     if pos != end:
@@ -674,11 +954,20 @@ class RecordReader:
         self,
         on_record: Callable[[int, Record], object],
         on_set: Callable[[int, str, bytes], object] | None = None,
+        on_touch: Callable[[int, float, float], object] | None = None,
+        on_create: Callable[..., object] | None = None,
     ) -> int:
         """Call ``on_record(offset, record)`` for each record in order; return the count.
 
-        With *on_set*, a MODIFY that sets exactly one key calls
-        ``on_set(sid, key, value)`` instead, with no record object built.
+        The records that make up most of a log can go to fast paths instead,
+        with no record object built:
+
+        * *on_set*: a MODIFY that sets exactly one key, as ``on_set(sid, key, value)``;
+        * *on_touch*: a TOUCH, as ``on_touch(sid, idle_deadline, ttl)``;
+        * *on_create*: a CREATE, as ``on_create(sid, digest, created_at, ttl,
+          idle_deadline, hard_deadline, user, meta, items, items_offset)``, where
+          *items* is the item block, undecoded (see :func:`decode_item_block`),
+          and *items_offset* its offset in the buffer.
         """
         buf = self.buf
         size = len(buf)
@@ -687,46 +976,54 @@ class RecordReader:
         unpack_head = _RECORD_HEAD.unpack_from
         # A MODIFY setting one key starts op sid n | flags=0 count=1 kind=0 | klen vlen.
         unpack_set = _ONE_SET_HEAD.unpack_from
-        one_set = _ONE_SET_SHAPE
         crc_c, table, residue = _crc_c, _crc_table, _RESIDUE_RAW
         max_value = self.max_value
+        max_payload = MAX_PAYLOAD_BYTES
         decode = _decode_payload
+        create_head = _create_head
+        unpack_f64x2 = _F64X2.unpack_from
         keys: dict[bytes, str] = {}
+        key_of = keys.get
+        sets = on_set is not None
         count = 0
         while pos < size:
             if size - pos >= 21:  # room for a one-key MODIFY's fixed fields
-                op, sid, n, shape, klen, vlen = unpack_set(buf, pos)
+                op, sid, n, shape_a, shape_b, klen, vlen = unpack_set(buf, pos)
             elif size - pos >= RECORD_OVERHEAD:
                 op, sid, n = unpack_head(buf, pos)
-                shape = b""
+                shape_a = 0
             else:
                 self.stop = Stop(pos, f"incomplete record ({size - pos} bytes at end)")
                 break
-            end = pos + RECORD_OVERHEAD + n
-            if n > MAX_PAYLOAD_BYTES or end > size:
+            end = pos + 13 + n
+            if n > max_payload or end > size:
                 self.stop = Stop(pos, f"record length {n} runs past the end")
                 break
             if crc_c(mv[pos:end], 0xFFFFFFFF, table) != residue:
                 self.stop = Stop(pos, "checksum mismatch")
                 break
             if (
-                shape == one_set
-                and op == 3
+                op == 3
+                and shape_a == 256
+                and shape_b == 0
                 and n == 12 + klen + vlen
                 and vlen <= max_value
-                and on_set is not None
+                and sets
             ):
                 k_end = pos + 21 + klen
                 kb = buf[pos + 21 : k_end]
-                key = keys.get(kb)
+                key = key_of(kb)
                 if key is None:
                     key = keys[kb] = _decode_key(kb, pos + 21)
-                on_set(sid, key, buf[k_end : end - 4])
-                count += 1
-                pos = end
-                continue
-            # A structural error here carries its absolute offset in *buf*.
-            on_record(pos, decode(op, sid, buf, pos + _HEAD_SIZE, end - 4, max_value, keys))
+                on_set(sid, key, buf[k_end : end - 4])  # type: ignore[misc]
+            elif op == 4 and n == 16 and on_touch is not None:
+                on_touch(sid, *unpack_f64x2(buf, pos + 9))
+            elif op == 0 and on_create is not None:
+                *head, items_at = create_head(buf, pos + 9, end - 4)
+                on_create(sid, *head, buf[items_at : end - 4], items_at)
+            else:
+                # A structural error here carries its absolute offset in *buf*.
+                on_record(pos, decode(op, sid, buf, pos + 9, end - 4, max_value, keys))
             count += 1
             pos = end
         self.end = pos
@@ -735,7 +1032,7 @@ class RecordReader:
 
 # Offsets where a record could start: a known op byte not followed by eight
 # zero bytes (a length of 0 with SID 0 is never a valid frame of a zeroed page).
-_CANDIDATE = re.compile(rb"(?=[\x00-\x05](?!\x00{8}))", re.DOTALL)
+_CANDIDATE = re.compile(rb"(?=[\x00-\x06](?!\x00{8}))", re.DOTALL)
 
 # -- finding a valid record after a bad one, in linear time ----------------------
 #

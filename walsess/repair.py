@@ -48,8 +48,11 @@ from .record import (
     LOG_MAGIC,
     MAX_PAYLOAD_BYTES,
     SNAPSHOT_MAGIC,
+    SNAPSHOT_VERSIONS,
+    Block,
     Create,
     End,
+    Op,
     Record,
     RecordReader,
     crc32c,
@@ -106,7 +109,7 @@ def _header_damage(buf: bytes, path: str, kind: str, generation: int) -> str | N
             path,
             0,
         )
-    if version != FORMAT_VERSION:
+    if version not in ((FORMAT_VERSION,) if kind == "log" else SNAPSHOT_VERSIONS):
         raise FormatError(
             f"format version {version}, written by a newer walsess: upgrade walsess"
             " instead of repairing",
@@ -135,12 +138,23 @@ def _records_start(buf: bytes) -> int:
     return HEADER_SIZE  # the first record is damaged too: the cut below drops it
 
 
+def _holds_sessions(r: Record) -> bool:
+    """True for the records a snapshot holds its sessions in (CREATE in version 1,
+    BLOCK in version 2)."""
+    return type(r) is Create or type(r) is Block
+
+
+def _sids(r: Record) -> list[int]:
+    return r.sids if isinstance(r, Block) else [r.sid]
+
+
 def _salvage_snapshot(buf: bytes, good_end: int) -> tuple[bytes, int, int]:
     """The sessions of the snapshot image *buf* (header intact) whose records are
     intact, as a new image closed by an END; returns (image, sessions, bytes dropped).
 
-    Snapshot records are independent (one CREATE per SID), so a damaged one costs
-    only itself: after it, reading resumes at the next checksum-valid record. That
+    Snapshot records are independent (a CREATE per session in version 1, a BLOCK
+    of sessions in version 2, no SID in two), so a damaged one costs only its own
+    sessions: after it, reading resumes at the next checksum-valid record. That
     resumption is trusted only if reading from it then runs cleanly to an END
     record ending exactly at the end of the file, with no SID twice and no more
     sessions than the END counts: a record found inside a damaged record's payload
@@ -152,11 +166,12 @@ def _salvage_snapshot(buf: bytes, good_end: int) -> tuple[bytes, int, int]:
     reader = RecordReader(buf[:good_end])
     reader.replay(lambda pos, x: head.append((pos, x)))
     bounds = [pos for pos, _ in head] + [reader.end]
-    kept = [(bounds[i], bounds[i + 1], x) for i, (_, x) in enumerate(head) if type(x) is Create]
+    kept = [(bounds[i], bounds[i + 1], x) for i, (_, x) in enumerate(head) if _holds_sessions(x)]
     prefix = b"".join(buf[a:b] for a, b, _ in kept)
+    kept_sids = [sid for _, _, x in kept for sid in _sids(x)]
     cut = (
-        buf[:HEADER_SIZE] + prefix + encode_end(len(kept)),
-        len(kept),
+        buf[:HEADER_SIZE] + prefix + encode_end(len(kept_sids)),
+        len(kept_sids),
         len(buf) - HEADER_SIZE - len(prefix),
     )
     resume = next_valid_record(buf, good_end)
@@ -172,10 +187,10 @@ def _salvage_snapshot(buf: bytes, good_end: int) -> tuple[bytes, int, int]:
         return cut
     last_pos, last = tail[-1]
     after = [x for _, x in tail[:-1]]
-    sids = [x.sid for _, _, x in kept] + [x.sid for x in after]
+    sids = kept_sids + [sid for x in after for sid in _sids(x)]
     if (
         type(last) is not End
-        or any(type(x) is not Create for x in after)
+        or not all(map(_holds_sessions, after))
         or len(set(sids)) != len(sids)
         or len(sids) > last.sessions
     ):
@@ -230,7 +245,11 @@ def plan_repair(directory: str, fs: FileSystem = OS) -> list[RepairStep]:
             if kind == "log":
                 follows = max((s for s in snaps if s <= g and s not in removed_snaps), default=0)
             magic = LOG_MAGIC if kind == "log" else SNAPSHOT_MAGIC
-            content = encode_header(g, follows, magic) + buf[_records_start(buf) :]
+            start = _records_start(buf)
+            version = None
+            if kind == "snapshot" and start < len(buf) and buf[start] == Op.CREATE:
+                version = 1  # the sessions are CREATE records: a version 1 snapshot
+            content = encode_header(g, follows, magic, version) + buf[start:]
             texts.append(
                 f"rebuild the header of {name} (generation {g}"
                 + (f", follows {follows}" if kind == "log" else "")

@@ -1,39 +1,49 @@
 """Snapshot files: the live sessions written out, so old log files can be deleted.
 
-A snapshot ``<generation>.snap`` is a header (magic ``WSSSNP\\r\\n``), one
-CREATE record per session, and an END record holding the count. It is
+A snapshot ``<generation>.snap`` (format version 2) is a header (magic
+``WSSSNP\r\n``), BLOCK records of up to 4,096 sessions each, stored column
+by column, and an END record holding the count (docs/FORMAT.md). It is
 written under a temporary name, fsynced, renamed into place and the
 directory fsynced; only then is it trusted, and only then may the files it
-replaces be deleted. A snapshot without its END record, or with any record
-failing its checksum, is invalid as a whole: it never yields a partial state.
+replaces be deleted. A snapshot without its END record, with any record
+failing its checksum, or whose count disagrees with its blocks, is invalid
+as a whole: it never yields a partial state. Version 1 snapshots (one CREATE
+record per session) are still read.
+
+Loading decodes columns with bulk C-level operations and leaves every
+session's item block packed (see :class:`walsess.table.SessionState`): no
+session's data is decoded at open.
 
 Example::
 
     writer = SnapshotWriter(directory, fs, generation=7)
-    writer.write(b"".join(create_records), count=len(create_records))
+    writer.write_block(rows)   # tuples: sid, digest, created, ttl, idle, hard, user, meta, items
     writer.commit()                       # durable and visible from here on
-    load_snapshot(writer.path, fs, table.apply, max_value=1 << 20)
+    load_snapshot(writer.path, fs, table, max_value=1 << 20)
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
 
 from .errors import CorruptionError, FileError
 from .fileio import FileSystem, must_fsync, must_fsync_dir
 from .record import (
     HEADER_SIZE,
     SNAPSHOT_MAGIC,
-    Create,
+    Block,
     End,
     Record,
     RecordReader,
     decode_header,
+    encode_block,
     encode_end,
     encode_header,
 )
+from .table import SessionTable
 
 __all__ = ["SNAPSHOT_FILE", "SnapshotWriter", "load_snapshot", "snapshot_name"]
 
@@ -72,10 +82,12 @@ class SnapshotWriter:
         self._fs.write_all(self._fd, data)
         self.size += len(data)
 
-    def write(self, records: bytes, count: int) -> None:
-        """Append *count* CREATE records, already encoded and concatenated."""
-        self._put(records)
-        self.count += count
+    def write_block(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Append one BLOCK record of *rows*, each ``(sid, digest, created_at,
+        ttl, idle_deadline, hard_deadline, user, meta, items)``; no-op if empty."""
+        if rows:
+            self._put(encode_block(*zip(*rows, strict=True)))
+            self.count += len(rows)
 
     def commit(self) -> None:
         """END record, fsync, rename into place, fsync the directory."""
@@ -100,14 +112,13 @@ class SnapshotWriter:
             pass
 
 
-def load_snapshot(
-    path: str, fs: FileSystem, apply: Callable[[Record], object], max_value: int
-) -> int:
-    """Apply every session of the snapshot at *path*; returns how many.
+def load_snapshot(path: str, fs: FileSystem, table: SessionTable, max_value: int) -> int:
+    """Add every session of the snapshot at *path* to *table* (in bulk mode),
+    item blocks packed; returns how many.
 
     Raises :class:`FormatError` or :class:`CorruptionError` naming *path* and
-    the offset if the file is not a complete, valid snapshot. *apply* may
-    have been called for some sessions before such an error.
+    the offset if the file is not a complete, valid snapshot; *table* may then
+    hold some of its sessions and must be dropped.
     """
     buf = fs.read(path)
     try:
@@ -115,31 +126,46 @@ def load_snapshot(
     except FileError as exc:
         raise exc.located(path) from None
     end: list[tuple[int, End]] = []
+    sessions = 0
+    wanted = Block if header.version >= 2 else None
 
     def take(pos: int, rec: Record) -> None:
+        nonlocal sessions
         if end:
             raise CorruptionError("a record follows the END record", path, pos)
-        if type(rec) is Create:
-            apply(rec)
+        if type(rec) is wanted:
+            assert isinstance(rec, Block)
+            table.load_block(rec, path, pos, max_value)
+            sessions += len(rec.sids)
         elif type(rec) is End:
             end.append((pos, rec))
         else:
-            raise CorruptionError(f"a {type(rec).__name__} record in a snapshot", path, pos)
+            raise CorruptionError(
+                f"a {type(rec).__name__} record in a version {header.version} snapshot", path, pos
+            )
 
+    def create(*fields: Any) -> None:
+        nonlocal sessions
+        if end:
+            raise CorruptionError("a record follows the END record", path, fields[-1])
+        table.create_packed(*fields)
+        sessions += 1
+
+    table.reading(path, max_value)
     reader = RecordReader(buf, HEADER_SIZE, max_value)
     try:
-        count = reader.replay(take)
+        reader.replay(take, on_create=create if wanted is None else None)
     except FileError as exc:
-        raise exc.located(path) from None
+        raise exc if exc.path else exc.located(path) from None
     if reader.stop is not None:
         raise CorruptionError(f"{reader.stop.reason} (a snapshot is never torn)", path,
                               reader.stop.offset)  # fmt: skip
     if not end:
         raise CorruptionError("no END record: the snapshot is incomplete", path, reader.end)
     pos, last = end[0]
-    if last.sessions != count - 1:
+    if last.sessions != sessions:
         raise CorruptionError(
-            f"END says {last.sessions} sessions, the file holds {count - 1}", path, pos
+            f"END says {last.sessions} sessions, the file holds {sessions}", path, pos
         )
     if header.generation != int(os.path.basename(path).split(".")[0], 16):
         raise CorruptionError(f"header says generation {header.generation}", path, 12)

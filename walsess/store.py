@@ -656,7 +656,7 @@ class Store:
                     user, st.meta, data,
                 )  # fmt: skip
                 pos = self._commit(
-                    _snapshot_record(now_state)
+                    _create_record(now_state)
                     + rec.encode_destroy(st.sid, rec.DestroyReason.DESTROYED)
                 )
                 gone = self._gone(st)
@@ -1063,9 +1063,11 @@ class Store:
         """
         self._check_open()
         with self._lock:
-            states = list(self._table.by_sid.values())
-            body = sum(len(_snapshot_record(st)) for st in states)
-        return rec.HEADER_SIZE + body + len(rec.encode_end(len(states)))
+            rows = [_snapshot_row(st) for st in self._table.by_sid.values()]
+        step = rec.BLOCK_SESSIONS
+        blocks = (rows[i : i + step] for i in range(0, len(rows), step))
+        body = sum(len(rec.encode_block(*zip(*block, strict=True))) for block in blocks)
+        return rec.HEADER_SIZE + body + len(rec.encode_end(len(rows)))
 
     def _compact(self) -> Compaction:
         started = time.monotonic()
@@ -1086,12 +1088,16 @@ class Store:
         except OSError as exc:
             raise StorageError(f"compaction could not create a snapshot: {exc}") from exc
         try:
+            rows: list[tuple[Any, ...]] = []
             for i in range(0, len(sids), _COMPACT_CHUNK):
                 with self._lock:
                     self._check_writable()
                     chunk = [self._table.by_sid.get(sid) for sid in sids[i : i + _COMPACT_CHUNK]]
-                    parts = [_snapshot_record(st) for st in chunk if st is not None]
-                writer.write(b"".join(parts), len(parts))
+                    rows += [_snapshot_row(st) for st in chunk if st is not None]
+                while len(rows) >= rec.BLOCK_SESSIONS:
+                    writer.write_block(rows[: rec.BLOCK_SESSIONS])
+                    del rows[: rec.BLOCK_SESSIONS]
+            writer.write_block(rows)
             writer.commit()
         except OSError as exc:
             writer.abort()
@@ -1219,21 +1225,19 @@ def _check_private(path: str) -> None:
             )
 
 
-def _snapshot_record(st: SessionState) -> bytes:
-    """A session as the CREATE record that recreates it exactly (in a snapshot)."""
-    data = dict(st.data)  # one consistent copy, even if a writer changes it meanwhile
-    return rec.encode_create(
-        st.sid,
-        st.digest,
-        st.created_at,
-        st.ttl,
-        st.idle_deadline,
-        st.hard_deadline,
-        st.user,
-        st.meta,
-        rec.keys_bytes(data),
-        list(data.values()),
-    )
+def _create_record(st: SessionState) -> bytes:
+    """The CREATE record that recreates *st* exactly."""
+    data = st.data.copy()  # one consistent copy, even if a writer changes it meanwhile
+    return rec.encode_create(st.sid, st.digest, st.created_at, st.ttl, st.idle_deadline,
+                             st.hard_deadline, st.user, st.meta, rec.keys_bytes(data),
+                             list(data.values()))  # fmt: skip
+
+
+def _snapshot_row(st: SessionState) -> tuple[Any, ...]:
+    """A session as a row of a snapshot BLOCK record (its item block is copied
+    as it is if nobody decoded or changed it since it was loaded)."""
+    return (st.sid, st.digest, st.created_at, st.ttl, st.idle_deadline, st.hard_deadline,
+            st.user, st.meta, st.items())  # fmt: skip
 
 
 def _memory_per_session(sample: list[SessionState]) -> float:

@@ -21,14 +21,31 @@ Example::
 from __future__ import annotations
 
 import math
+import threading
+from array import array
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from itertools import repeat
+from typing import Any, NamedTuple, Union
 
 from sortedcontainers import SortedList
 
-from .errors import StoreFull
-from .record import MAX_SID, ChangeId, Create, Destroy, End, Modify, Record, Touch
-from .tokens import ref_key
+from .errors import CorruptionError, FileError, StoreFull
+from .record import (
+    MAX_PAYLOAD_BYTES,
+    MAX_SID,
+    Block,
+    ChangeId,
+    Create,
+    Destroy,
+    End,
+    Modify,
+    Record,
+    Touch,
+    decode_item_block,
+    item_block,
+    keys_bytes,
+)
+from .tokens import REF_BYTES, ref_key
 
 __all__ = ["DEAD", "SessionState", "SessionTable"]
 
@@ -48,17 +65,26 @@ def _expiry_key(deadline: float, sid: int) -> int:
 class SessionState:
     """One session as the log defines it. ``idle_deadline`` may run ahead of
     ``logged_deadline`` by less than the touch granularity (reads extend it
-    in memory and log it only now and then)."""
+    in memory and log it only now and then).
+
+    A session loaded from a snapshot or replayed from a CREATE keeps its item
+    block as one bytes object (``packed``) until :attr:`data` is first used;
+    changes replayed before then are kept beside it and applied when it is
+    decoded. That is what makes opening a store cost no decoding and hold one
+    bytes object per session instead of a dict and its values.
+    """
 
     __slots__ = (
+        "_data",
         "created_at",
-        "data",
         "digest",
         "hard_deadline",
         "idle_deadline",
         "indexed",
         "logged_deadline",
         "meta",
+        "origin",
+        "packed",
         "sid",
         "ttl",
         "user",
@@ -74,7 +100,9 @@ class SessionState:
         hard_deadline: float,
         user: str | None,
         meta: bytes | None,
-        data: dict[str, bytes],
+        data: dict[str, bytes] | None,
+        packed: bytes | None = None,
+        origin: Origin | None = None,
     ) -> None:
         self.sid = sid
         self.digest = digest
@@ -85,9 +113,49 @@ class SessionState:
         self.hard_deadline = hard_deadline
         self.user = user
         self.meta = meta
-        self.data = data
+        #: The data, or while ``packed`` is set, the keys set since (or None).
+        self._data = data
+        #: The item block not yet decoded, or None.
+        self.packed = packed
+        #: Where ``packed`` was read from, for the error if it is malformed.
+        self.origin = origin
         #: This session's key in the expiry index (-1: not indexed).
         self.indexed = -1
+
+    @property
+    def data(self) -> dict[str, bytes]:
+        """Key -> encoded value. Decodes the item block on first use (O(keys)):
+        :class:`CorruptionError` naming the file and offset if it is malformed."""
+        if self.packed is None:  # read before _data: unpack() sets _data first
+            return self._data  # type: ignore[return-value]
+        return self.unpack()
+
+    def unpack(self) -> dict[str, bytes]:
+        """Decode ``packed`` now (thread-safe: one thread decodes, others wait)."""
+        with _UNPACK_LOCK:
+            packed = self.packed
+            if packed is None:
+                return self._data  # type: ignore[return-value]
+            try:
+                data = decode_item_block(packed, _max_value(self.origin))
+            except FileError as exc:
+                path, offset = locate(self.origin, self.sid)
+                raise exc.located(path or "<memory>", offset) from None
+            if self._data:
+                data.update(self._data)
+            self._data = data
+            self.packed = None
+            return data
+
+    def items(self) -> bytes:
+        """The data as an item block (what CREATE and BLOCK records carry): the
+        packed bytes as they are if nothing changed them, so compaction copies
+        an unread session without decoding it; else encoded from :attr:`data`."""
+        packed = self.packed
+        if packed is not None and not self._data:
+            return packed
+        data = self.data.copy()  # one consistent copy, even if a writer changes it meanwhile
+        return item_block(zip(keys_bytes(data), data.values(), strict=True))
 
     @property
     def expires_at(self) -> float:
@@ -97,6 +165,55 @@ class SessionState:
     def live_at(self, now: float) -> bool:
         """True if the session exists and has not expired at *now*."""
         return self.digest is not DEAD and now < self.idle_deadline and now < self.hard_deadline
+
+
+_UNPACK_LOCK = threading.Lock()
+# Idle timeouts and hard deadlines repeat across sessions (often inf, or one
+# configured ttl): loading shares one float object per distinct value.
+_shared_floats: dict[float, float] = {}
+
+
+def _deadline(st: SessionState) -> float:
+    return min(st.idle_deadline, st.hard_deadline)
+
+
+class FileOrigin(NamedTuple):
+    """A file sessions were read from, and the value limit they were read under."""
+
+    path: str
+    max_value: int
+
+
+class BlockOrigin(NamedTuple):
+    """Where the item blocks of one snapshot BLOCK record are, shared by its
+    sessions: session ``sids[i]`` starts at ``offset + starts[i]`` of ``file``."""
+
+    file: FileOrigin
+    offset: int
+    sids: array[int]
+    starts: array[int]
+
+
+#: A CREATE's item block is at ``(file, offset)``: a plain tuple, which replay
+#: builds in one bytecode; a snapshot block's sessions share a BlockOrigin.
+Origin = Union[tuple[FileOrigin, int], BlockOrigin]  # noqa: UP007 - a runtime alias on 3.10
+
+
+def _max_value(origin: Origin | None) -> int:
+    return MAX_PAYLOAD_BYTES if origin is None else origin[0].max_value
+
+
+def locate(origin: Origin | None, sid: int) -> tuple[str | None, int]:
+    """(file, offset) of the item block of session *sid* that came from *origin*
+    (the block's own offset if the session was renumbered since)."""
+    if origin is None:
+        return None, 0
+    if not isinstance(origin, BlockOrigin):
+        return origin[0].path, origin[1]
+    try:
+        return origin.file.path, origin.offset + origin.starts[origin.sids.index(sid)]
+    except ValueError:
+        return origin.file.path, origin.offset
 
 
 class SessionTable:
@@ -118,6 +235,7 @@ class SessionTable:
         self.expiry: SortedList = SortedList()
         self.next_sid = 1
         self._bulk = False
+        self._reading = FileOrigin("", MAX_PAYLOAD_BYTES)
         self._apply: dict[type, Callable[[Any], Any]] = {
             Modify: self._apply_modify,
             Touch: self._apply_touch,
@@ -125,6 +243,7 @@ class SessionTable:
             Destroy: self._apply_destroy,
             ChangeId: self._apply_change_id,
             End: lambda r: None,
+            Block: self._reject_block,
         }
 
     def __len__(self) -> int:
@@ -142,15 +261,55 @@ class SessionTable:
     def end_bulk(self) -> None:
         """Build the expiry and user indexes from scratch: O(n log n) in C."""
         self._bulk = False
-        keys = []
+        states = list(self.by_sid.values())
+        keys = list(map(_expiry_key, map(_deadline, states), self.by_sid))
+        for st, key in zip(states, keys, strict=True):
+            st.indexed = key
         by_user: dict[str, set[SessionState]] = {}
-        for st in self.by_sid.values():
-            st.indexed = _expiry_key(min(st.idle_deadline, st.hard_deadline), st.sid)
-            keys.append(st.indexed)
+        for st in states:
             if st.user is not None:
                 by_user.setdefault(st.user, set()).add(st)
         self.expiry = SortedList(keys)
         self.by_user = by_user
+
+    def load_block(self, block: Block, path: str, offset: int, max_value: int) -> None:
+        """Add the sessions of a snapshot BLOCK record read at *offset* of *path*,
+        leaving their item blocks packed. Bulk only; C-level maps, no per-record
+        objects beyond the sessions themselves.
+
+        Raises :class:`CorruptionError` if a SID or ref key is already taken
+        (a snapshot holds each session once).
+        """
+        assert self._bulk, "load_block is for loading: call begin_bulk() first"
+        origin = BlockOrigin(FileOrigin(path, max_value), offset + block.items_at,
+                             array("I", block.sids), block.starts)  # fmt: skip
+        states = list(
+            map(
+                SessionState,
+                block.sids,
+                block.digests,
+                block.created_at,
+                map(_shared_floats.setdefault, block.ttl, block.ttl),
+                block.idle_deadline,
+                map(_shared_floats.setdefault, block.hard_deadline, block.hard_deadline),
+                block.users,
+                block.metas,
+                repeat(None),
+                block.items,
+                repeat(origin),
+            )
+        )
+        if len(_shared_floats) > 64:
+            _shared_floats.clear()
+        by_sid, by_ref = self.by_sid, self.by_ref
+        sessions = len(by_sid)
+        by_sid.update(zip(block.sids, states, strict=True))
+        by_ref.update(zip(map(ref_key, block.digests), states, strict=True))
+        if len(by_sid) != sessions + len(states) or len(by_ref) != len(by_sid):
+            raise CorruptionError("a session appears twice in the snapshot", path, offset)
+        top = max(block.sids)
+        if top >= self.next_sid:
+            self.next_sid = top + 1 if top < MAX_SID else 1
 
     # -- lookups --------------------------------------------------------------
 
@@ -208,10 +367,51 @@ class SessionTable:
         self._apply[type(record)](record)
 
     def set_key(self, sid: int, key: str, value: bytes) -> None:
-        """Replay's fast path: one key set by a MODIFY record."""
+        """Replay's fast path: one key set by a MODIFY record. A session whose
+        item block is still packed keeps the key beside it, undecoded."""
         st = self.by_sid.get(sid)
         if st is not None:
-            st.data[key] = value
+            data = st._data
+            if data is None:
+                st._data = {key: value}
+            else:
+                data[key] = value
+
+    def touch_sid(self, sid: int, idle_deadline: float, ttl: float) -> None:
+        """Replay's fast path for a TOUCH record."""
+        st = self.by_sid.get(sid)
+        if st is not None:
+            self.touch(st, idle_deadline, ttl)
+
+    def create_packed(
+        self,
+        sid: int,
+        digest: bytes,
+        created_at: float,
+        ttl: float,
+        idle_deadline: float,
+        hard_deadline: float,
+        user: str | None,
+        meta: bytes | None,
+        items: bytes,
+        offset: int,
+    ) -> None:
+        """Replay's fast path for a CREATE record read from the file set with
+        :meth:`reading`: the item block stays packed until first used."""
+        st = SessionState(sid, digest, created_at, ttl, idle_deadline, hard_deadline, user, meta,
+                          None, items, (self._reading, offset))  # fmt: skip
+        by_sid = self.by_sid
+        if self._bulk and sid not in by_sid:
+            by_sid[sid] = st  # the common case, without insert()'s generality
+            self.by_ref[digest[:REF_BYTES]] = st
+            if sid >= self.next_sid:
+                self.next_sid = sid + 1 if sid < MAX_SID else 1
+        else:
+            self.insert(st)
+
+    def reading(self, path: str, max_value: int) -> None:
+        """Name the file the next records replayed come from (for errors found later)."""
+        self._reading = FileOrigin(path, max_value)
 
     def apply_create(self, r: Create) -> SessionState:
         return self.insert(
@@ -295,6 +495,10 @@ class SessionTable:
         st.ttl = ttl
         if not self._bulk:
             self.reindex(st, min(idle_deadline, st.hard_deadline))
+
+    @staticmethod
+    def _reject_block(r: Block) -> None:
+        raise CorruptionError("a snapshot's BLOCK record in a log", None, None)
 
     def _apply_destroy(self, r: Destroy) -> None:
         st = self.by_sid.get(r.sid)

@@ -25,10 +25,13 @@ from .record import (
     LOG_MAGIC,
     MAX_PAYLOAD_BYTES,
     SNAPSHOT_MAGIC,
+    Block,
     Create,
     End,
     Record,
     RecordReader,
+    SessionRecord,
+    block_creates,
     decode_header,
     next_valid_record,
 )
@@ -97,26 +100,32 @@ def verify_buffer(
         return report(0, 0, f"header says generation {header.generation}", 12)
     ends: list[int] = []
     others: list[tuple[int, str]] = []
+    holds = Block if header.version >= 2 else Create  # a snapshot's session records
+    blocked = 0  # sessions in BLOCK records beyond one per record
 
     def look(pos: int, rec: Record) -> None:
+        nonlocal blocked
         if type(rec) is End:
             ends.append(pos)
-        elif kind == "snapshot" and (type(rec) is not Create or ends):
+        elif kind == "snapshot" and (type(rec) is not holds or ends):
             others.append((pos, type(rec).__name__))
-        elif kind == "log" and type(rec) is End:
-            others.append((pos, "End"))
+        elif kind == "log" and type(rec) is Block:
+            others.append((pos, "Block"))
+        elif type(rec) is Block:
+            blocked += len(rec.sids) - 1
 
     reader = RecordReader(buf, HEADER_SIZE, MAX_PAYLOAD_BYTES)
     try:
         records = reader.replay(look)
     except FileError as exc:
         return report(0, reader.end, exc.reason, exc.offset)
-    records -= len(ends)  # for a snapshot: sessions; the END record is not one
+    records += blocked - len(ends)  # for a snapshot: sessions; the END record is not one
     if kind == "log" and ends:
         return report(records, ends[0], "an END record in a log", ends[0])
     if others:
         pos, name = others[0]
-        return report(records, pos, f"a {name} record in a snapshot", pos)
+        where = "a snapshot" if kind == "snapshot" else "a log"
+        return report(records, pos, f"a {name} record in {where}", pos)
     stop = reader.stop
     if stop is not None:
         following = next_valid_record(buf, stop.offset)
@@ -152,8 +161,9 @@ def verify_directory(
     return reports
 
 
-def iter_records(path: str, fs: FileSystem = OS) -> Iterator[tuple[str, int, Record]]:
-    """Every decodable record of every file, as (file, offset, record), in replay order.
+def iter_records(path: str, fs: FileSystem = OS) -> Iterator[tuple[str, int, SessionRecord]]:
+    """Every decodable record of every file, as (file, offset, record), in replay order;
+    a snapshot's BLOCK record as one CREATE per session, at the block's offset.
 
     Stops quietly at the first damaged record of a file (check reports it).
     """
@@ -169,4 +179,12 @@ def iter_records(path: str, fs: FileSystem = OS) -> Iterator[tuple[str, int, Rec
                 lambda pos, rec, found=found: found.append((pos, rec))  # type: ignore[misc]
             )
         for pos, rec in found:
-            yield file, pos, rec
+            if type(rec) is Block:
+                try:
+                    creates = block_creates(rec)
+                except FileError:
+                    break
+                for create in creates:
+                    yield file, pos, create
+            else:
+                yield file, pos, rec  # type: ignore[misc]
