@@ -52,7 +52,7 @@ import walsess
 from walsess import record as wrecord
 from walsess import store as store_mod
 from walsess.fileio import FileSystem
-from walsess.record import MAX_SID, Create, End, RecordReader
+from walsess.record import MAX_SID, Block, End, RecordReader
 from walsess.tokens import digest
 
 #: Store options for the tests' own opens: no background threads, so the
@@ -736,12 +736,16 @@ def test_stale_logs_are_deleted_and_never_replayed(store_dir: str, clock: FakeCl
 
 
 @pytest.fixture
-def compacted(store_dir: str, clock: FakeClock) -> tuple[str, Path, bytes, list[int]]:
+def compacted(
+    store_dir: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, Path, bytes, list[int]]:
+    monkeypatch.setattr(wrecord, "BLOCK_SESSIONS", 2)
     build_compacted(store_dir, clock)
+    monkeypatch.undo()
     snap = Path(store_dir) / "0000000000000002.snap"
     image = snap.read_bytes()
     starts = [pos for pos, _ in RecordReader(image)]
-    assert len(starts) == 5 and starts[0] == 32  # four CREATEs and the END
+    assert len(starts) == 3 and starts[0] == 32  # two BLOCKs of two sessions and the END
     return store_dir, snap, image, starts
 
 
@@ -1030,7 +1034,8 @@ def test_automatic_compaction(store_dir: str, clock: FakeClock) -> None:
 
 
 def test_snapshot_holds_what_the_doc_says(store_dir: str, clock: FakeClock) -> None:
-    """Header, one CREATE per session carrying its whole state, END with the count."""
+    """Header (version 2), a BLOCK carrying every session's whole state column by
+    column, END with the count."""
     store = walsess.open(store_dir, clock=clock, touch_granularity=60.0, **QUIET)
     a = store.create({"k": [1]}, user="alice", meta={"ip": "1"}, ttl=1000.0)
     store.create()
@@ -1038,12 +1043,15 @@ def test_snapshot_holds_what_the_doc_says(store_dir: str, clock: FakeClock) -> N
     assert store.get(a.id) is not None  # extends a in memory only (10 < 60)
     c = store.compact()
     image = (Path(store_dir) / f"{c.generation:016x}.snap").read_bytes()
+    assert wrecord.decode_header(image, wrecord.SNAPSHOT_MAGIC).version == 2
     recs = [r for _, r in RecordReader(image)]
-    assert [type(r) for r in recs] == [Create, Create, End]
-    end = recs[-1]
-    assert isinstance(end, End) and end.sessions == 2
-    ra = next(r for r in recs if isinstance(r, Create) and r.digest == digest(a.id))
-    assert ra.user == "alice" and ra.idle_deadline == clock.now + 1000.0  # the in-memory one
+    assert [type(r) for r in recs] == [Block, End]
+    block, end = recs
+    assert isinstance(block, Block) and isinstance(end, End) and end.sessions == 2
+    i = block.digests.index(digest(a.id))
+    assert block.users[i] == "alice" and block.metas[i] == b'{"ip":"1"}'
+    assert block.idle_deadline[i] == clock.now + 1000.0  # the in-memory one
+    assert wrecord.decode_item_block(block.items[i]) == {"k": b"[1]"}
     assert c.sessions == 2 and c.snapshot_bytes == len(image)
     store.close()
 

@@ -20,6 +20,7 @@ import pytest
 from fixtures.make_v1_store import describe
 
 import walsess
+from walsess import record as r
 from walsess.cli import main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -92,7 +93,8 @@ def test_walsess_check_passes_a_v1_store(v1_store: Path) -> None:
 
 
 def test_a_compacted_v1_store_reads_the_same(v1_store: Path) -> None:
-    """Today compaction writes v1 again; once v2 exists, this checks the rewrite."""
+    """The next compaction rewrites a v1 snapshot as v2, sessions unchanged,
+    copying the item blocks it never decoded."""
     with _open(v1_store) as store:
         before = {i.ref: i for i in store.sessions()}
         store.compact()
@@ -100,6 +102,9 @@ def test_a_compacted_v1_store_reads_the_same(v1_store: Path) -> None:
     assert sorted(n for n in os.listdir(v1_store) if n.endswith(".snap")) == [
         "0000000000000003.snap"
     ]
+    image = (v1_store / "0000000000000003.snap").read_bytes()
+    assert r.decode_header(image, r.SNAPSHOT_MAGIC).version == r.SNAPSHOT_VERSION == 2
+    assert {type(rec) for _, rec in r.RecordReader(image)} == {r.Block, r.End}
     with _open(v1_store) as store:
         assert store.recovery.snapshot_sessions == len(EXPECTED["live"])
         assert _state(store) == EXPECTED["live"]

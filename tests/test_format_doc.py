@@ -69,11 +69,19 @@ def test_snapshot_example_loads(tmp_path: Path) -> None:
     from walsess.table import SessionTable
 
     buf = example_bytes("hex-snapshot")
+    assert r.decode_header(buf, r.SNAPSHOT_MAGIC) == r.Header(r.SNAPSHOT_VERSION, 2, 0)
     path = tmp_path / snapshot_name(2)
     path.write_bytes(buf)
     table = SessionTable()
-    assert load_snapshot(str(path), OS, table.apply, 1 << 20) == 1
+    table.begin_bulk()
+    assert load_snapshot(str(path), OS, table, 1 << 20) == 1
+    table.end_bulk()
     st = table.find(tokens.digest("example-token-not-a-real-one"))
-    assert st is not None and st.sid == 1 and st.user == "42"
+    assert st is not None and st.sid == 1 and st.user == "42" and st.meta is None
+    assert st.packed is not None  # not decoded at open
     assert st.data == {"cart": b"[1,2]"} and st.idle_deadline == 1700003600.0
-    assert r.decode_header(buf, r.SNAPSHOT_MAGIC) == r.Header(r.FORMAT_VERSION, 2, 0)
+    assert (st.created_at, st.ttl, st.hard_deadline) == (1700000000.0, 1800.0, math.inf)
+    # and the library writes exactly these bytes for that session
+    block = r.encode_block([1], [st.digest], [st.created_at], [st.ttl], [st.idle_deadline],
+                           [st.hard_deadline], [st.user], [st.meta], [st.items()])  # fmt: skip
+    assert r.encode_header(2, 0, r.SNAPSHOT_MAGIC) + block + r.encode_end(1) == buf

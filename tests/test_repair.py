@@ -157,6 +157,15 @@ def bounds_of(header: bytes, recs: list[r.Record]) -> list[int]:
     return out
 
 
+def as_block(c: r.Create) -> r.Block:
+    """A version 2 snapshot's BLOCK record holding the one session *c* creates."""
+    items = r.item_block((k.encode(), v) for k, v in c.items)
+    image = r.encode_header(1, 0, r.SNAPSHOT_MAGIC) + r.encode_block(*([x] for x in c[:8]), [items])
+    ((_, block),) = r.RecordReader(image)
+    assert isinstance(block, r.Block)
+    return block
+
+
 def repaired_state(d: str) -> Any:
     """Repair *d*, then assert it opens and checks clean; its state."""
     status, out, err = cli("repair", d, "--yes")
@@ -181,7 +190,7 @@ def test_repair_keeps_every_intact_record_of_a_damaged_log(
             snap = [x for x in recs[:1] if isinstance(x, r.Create)]
             for x in snap:
                 table.apply(x)
-            body = r.encode_header(1, 0, r.SNAPSHOT_MAGIC)
+            body = r.encode_header(1, 0, r.SNAPSHOT_MAGIC, version=1)
             body += b"".join(map(r.encode_record, snap)) + r.encode_end(len(snap))
             Path(d, snapshot_name(1)).write_bytes(body)
         header = r.encode_header(1, 1 if with_snapshot else 0)
@@ -194,19 +203,24 @@ def test_repair_keeps_every_intact_record_of_a_damaged_log(
 
 @settings(max_examples=600)
 @given(st.lists(creates(st.integers(1, 10**6)), min_size=1, max_size=6, unique_by=lambda c: c.sid),
-       damage, st.binary(min_size=1, max_size=16))  # fmt: skip
+       damage, st.binary(min_size=1, max_size=16), st.sampled_from([1, 2]))  # fmt: skip
 @example([r.Create(7, bytes(32), 1.0, 100.0, 101.0, float("inf"), None, None, ())],
-         ("flip", 13, 0), b"x")  # fmt: skip
+         ("flip", 13, 0), b"x", 1)  # fmt: skip
+@example([r.Create(7, bytes(32), 1.0, 100.0, 101.0, float("inf"), None, None, ())],
+         ("flip", 13, 0), b"x", 2)  # fmt: skip
 def test_repair_keeps_every_intact_session_of_a_damaged_snapshot(
-    sessions: list[r.Create], how: tuple[str, int, int], junk: bytes
+    sessions: list[r.Create], how: tuple[str, int, int], junk: bytes, version: int
 ) -> None:
+    """Version 1 holds a CREATE per session, version 2 BLOCKs: here one session
+    each, so that damage costs the same sessions in both."""
     with tempfile.TemporaryDirectory() as d:
-        header = r.encode_header(2, 0, r.SNAPSHOT_MAGIC)
-        body = header + b"".join(map(r.encode_record, sessions)) + r.encode_end(len(sessions))
+        header = r.encode_header(2, 0, r.SNAPSHOT_MAGIC, version=version)
+        recs = list(sessions) if version == 1 else [as_block(c) for c in sessions]
+        body = header + b"".join(map(r.encode_record, recs)) + r.encode_end(len(sessions))
         Path(d, snapshot_name(2)).write_bytes(mutate(body, how, junk))
         Path(d, f"{2:016x}.log").write_bytes(r.encode_header(2, 2))
         start, end = damaged_range(how, len(body))
-        bounds = bounds_of(header, list(sessions))
+        bounds = bounds_of(header, recs)
         keep = intact_prefix(bounds, start, end)
         intact = set(range(keep))
         if how[0] != "garbage" and end <= bounds[-1]:
@@ -311,7 +325,7 @@ def test_a_record_inside_a_damaged_value_is_never_taken_for_a_session(tmp_path: 
                  (("v", r.encode_record(fake) + b"tail"),)),
         r.Create(3, b"\x04" * 32, 1.0, 100.0, 101.0, float("inf"), None, None, ()),
     ]  # fmt: skip
-    header = r.encode_header(2, 0, r.SNAPSHOT_MAGIC)
+    header = r.encode_header(2, 0, r.SNAPSHOT_MAGIC, version=1)
     body = bytearray(header + b"".join(map(r.encode_record, real)) + r.encode_end(3))
     second = bounds_of(header, list(real))[1]
     body[second + 1] ^= 0x40  # the SID of the record holding the fake: its CRC fails

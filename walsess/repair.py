@@ -247,7 +247,8 @@ def plan_repair(directory: str, fs: FileSystem = OS) -> list[RepairStep]:
             magic = LOG_MAGIC if kind == "log" else SNAPSHOT_MAGIC
             start = _records_start(buf)
             version = None
-            if kind == "snapshot" and start < len(buf) and buf[start] == Op.CREATE:
+            first = next_valid_record(buf, start - 1) if kind == "snapshot" else None
+            if first is not None and buf[first] == Op.CREATE:
                 version = 1  # the sessions are CREATE records: a version 1 snapshot
             content = encode_header(g, follows, magic, version) + buf[start:]
             texts.append(
