@@ -72,6 +72,8 @@ __all__ = [
     "Stop",
     "Touch",
     "block_creates",
+    "block_item",
+    "block_items",
     "crc32c",
     "decode_header",
     "decode_item_block",
@@ -264,9 +266,10 @@ class Block(NamedTuple):
     """Up to :data:`MAX_BLOCK_SESSIONS` sessions of a version 2 snapshot (op 6),
     decoded column by column; session *i* is ``sids[i]``, ``digests[i]`` and so on.
 
-    ``items[i]`` is session *i*'s item block, not yet decoded (see
-    :func:`decode_item_block`); it starts at offset ``items_at + starts[i]`` of
-    the record, which is what an error found when it is decoded names.
+    The item blocks are not sliced apart: session *i*'s is
+    ``area[ends[i - 1]:ends[i]]`` (from 0 for the first; :func:`block_item`),
+    and ``area`` starts at offset ``area_at`` of the record, which is what an
+    error found when an item block is decoded names.
     """
 
     sids: list[int]
@@ -277,9 +280,19 @@ class Block(NamedTuple):
     hard_deadline: list[float]
     users: list[str | None]
     metas: list[bytes | None]
-    items: list[bytes]
-    items_at: int
-    starts: array[int]
+    area: bytes
+    ends: array[int]
+    area_at: int
+
+
+def block_item(area: bytes, ends: array[int], i: int) -> bytes:
+    """Session *i*'s item block in a BLOCK record's item *area* (see :class:`Block`)."""
+    return area[ends[i - 1] if i else 0 : ends[i]]
+
+
+def block_items(block: Block) -> list[bytes]:
+    """Every session's item block, in order."""
+    return [block_item(block.area, block.ends, i) for i in range(len(block.sids))]
 
 
 #: A record that addresses one session (or closes a snapshot): everything but a BLOCK.
@@ -595,7 +608,7 @@ def encode_record(record: Record) -> bytes:
     if isinstance(record, Modify):
         return encode_modify(record.sid, record.clear, [(k.encode(), v) for k, v in record.changes])
     if isinstance(record, Block):
-        return encode_block(*record[:9])
+        return encode_block(*record[:8], block_items(record))
     return encode_touch(record.sid, record.idle_deadline, record.ttl)
 
 
@@ -731,11 +744,12 @@ def block_creates(block: Block, max_value: int = MAX_PAYLOAD_BYTES) -> list[Crea
     decoded (for tools; loading a store keeps them packed). Errors carry the
     offset in the record."""
     out = []
-    for i, items in enumerate(block.items):
+    for i, items in enumerate(block_items(block)):
         try:
             data = decode_item_block(items, max_value)
         except FileError as exc:
-            raise exc.located("", block.items_at + block.starts[i]) from None
+            start = block.ends[i - 1] if i else 0
+            raise exc.located("", block.area_at + start) from None
         out.append(
             Create(block.sids[i], block.digests[i], block.created_at[i], block.ttl[i],
                    block.idle_deadline[i], block.hard_deadline[i], block.users[i],
@@ -758,11 +772,8 @@ def _decode_block(n: int, buf: bytes, start: int, end: int) -> Block:
     at = start
     sids = _read_column("I", mv[at : at + 4 * n]).tolist()
     at += 4 * n
-    d0 = at
+    digests = list(_digests(n).unpack_from(buf, at))
     at += DIGEST_SIZE * n
-    digests = list(
-        map(buf.__getitem__, map(slice, range(d0, at, DIGEST_SIZE), range(d0 + 32, at + 32, 32)))
-    )
     floats = []
     for _ in range(4):
         floats.append(_read_column("d", mv[at : at + 8 * n]).tolist())
@@ -799,9 +810,6 @@ def _decode_block(n: int, buf: bytes, start: int, end: int) -> Block:
         raise _malformed(f"metadata number {max(meta_refs)} is not in the table", metas_at)
     if ends[-1] != end - at or any(map(int.__gt__, ends[:-1], ends[1:])):
         raise _malformed("item block offsets are out of order or out of range", at - 4 * n)
-    starts = array("I", (0,))
-    starts.extend(ends[:-1])
-    items = list(map(buf.__getitem__, map(slice, _offsets(at, starts), _offsets(at, ends))))
     created, ttl, idle, hard = floats
     return Block(
         sids,
@@ -812,15 +820,23 @@ def _decode_block(n: int, buf: bytes, start: int, end: int) -> Block:
         hard,
         list(map(user_table.__getitem__, user_refs)),
         list(map(meta_table.__getitem__, meta_refs)),
-        items,
+        buf[at:end],
+        ends,
         at - start + _HEAD_SIZE,
-        starts,
     )
 
 
-def _offsets(base: int, offsets: Iterable[int]) -> Iterator[int]:
-    """*base* + each offset, in C."""
-    return map(base.__add__, offsets)
+def _digests(n: int) -> struct.Struct:
+    """The struct of *n* digests in a row: one C call slices them all."""
+    st = _DIGEST_STRUCTS.get(n)
+    if st is None:
+        st = struct.Struct(f"{DIGEST_SIZE}s" * n)
+        if len(_DIGEST_STRUCTS) < 64:
+            _DIGEST_STRUCTS[n] = st
+    return st
+
+
+_DIGEST_STRUCTS: dict[int, struct.Struct] = {}
 
 
 def _ends(base: int, lengths: Iterable[int]) -> Iterator[int]:

@@ -48,7 +48,7 @@ from .options import check_positive as _positive
 from .session import _MISSING, Session, SessionInfo
 from .snapshot import SnapshotWriter
 from .storedir import Recovery, StoreDirectory
-from .table import DEAD, SessionState, SessionTable
+from .table import DEAD, SessionState, SessionTable, sids_of
 
 __all__ = ["Compaction", "Store", "open"]
 
@@ -1082,7 +1082,10 @@ class Store:
                 self._log.rotate(follows=generation)
             except OSError as exc:
                 raise StorageError(f"compaction could not start a new log: {exc}") from exc
-            sids = list(self._table.by_sid)
+            # In expiry order, so the next open sorts its expiry index in
+            # linear time; the list is copied now, the SIDs taken out unlocked.
+            keys = self._table.expiry_keys()
+        sids = sids_of(keys)
         try:
             writer = SnapshotWriter(self.path, self._fs, generation)
         except OSError as exc:
@@ -1130,15 +1133,7 @@ class Store:
     def _renumber(self) -> None:
         """At open, before any writer: give the sessions SIDs 1..n and compact, so
         the 32-bit SID space never runs out however long the store lives."""
-        table = self._table
-        states = sorted(table.by_sid.values(), key=lambda st: st.sid)
-        table.by_sid = {}
-        for new_sid, st in enumerate(states, start=1):
-            st.sid = new_sid
-            table.by_sid[new_sid] = st
-        table.next_sid = len(states) + 1
-        table.begin_bulk()
-        table.end_bulk()
+        self._table.renumber()
         self._compact()
 
     # -- stats -------------------------------------------------------------------------

@@ -21,10 +21,11 @@ Example::
 from __future__ import annotations
 
 import math
+import operator
 import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from itertools import repeat
+from itertools import compress, repeat
 from typing import Any, NamedTuple, Union
 
 from sortedcontainers import SortedList
@@ -41,6 +42,7 @@ from .record import (
     Modify,
     Record,
     Touch,
+    block_item,
     decode_item_block,
     item_block,
     keys_bytes,
@@ -56,10 +58,23 @@ _SID_BITS = 32
 _SID_MASK = (1 << _SID_BITS) - 1
 
 
+_NEVER = 1e15  # seconds: deadlines at or past it (and NaN) are filed together, as "never"
+
+
 def _expiry_key(deadline: float, sid: int) -> int:
-    """Index key: the deadline in whole milliseconds (rounded down), then the SID."""
-    ms = math.floor(deadline * 1000) if deadline < 1e15 else 1 << 60
-    return (ms << _SID_BITS) | sid
+    """Index key: the deadline in whole milliseconds (rounded down), then the SID.
+    (``min`` with ``_NEVER`` first also maps NaN to "never".)"""
+    return (math.floor(min(_NEVER, deadline) * 1000.0) << _SID_BITS) | sid
+
+
+def _expiry_keys(sids: list[int], idle: list[float], hard: list[float]) -> Iterator[int]:
+    """:func:`_expiry_key` of whole columns, in C: no Python frame per session."""
+    # Usually every session expires idle before its hard deadline (often inf):
+    # then the idle column is the deadlines. (NaN compares false either way.)
+    soonest = idle if idle and min(hard) >= max(idle) else map(min, idle, hard)
+    deadlines = map(min, repeat(_NEVER), soonest)
+    ms = map(math.floor, map((1000.0).__mul__, deadlines))
+    return map(int.__or__, map(int.__lshift__, ms, repeat(_SID_BITS)), sids)
 
 
 class SessionState:
@@ -101,8 +116,9 @@ class SessionState:
         user: str | None,
         meta: bytes | None,
         data: dict[str, bytes] | None,
-        packed: bytes | None = None,
+        packed: bytes | int | None = None,
         origin: Origin | None = None,
+        indexed: int = -1,
     ) -> None:
         self.sid = sid
         self.digest = digest
@@ -115,12 +131,13 @@ class SessionState:
         self.meta = meta
         #: The data, or while ``packed`` is set, the keys set since (or None).
         self._data = data
-        #: The item block not yet decoded, or None.
+        #: The item block not yet decoded (bytes, or the session's number in
+        #: its snapshot block, whose bytes ``origin`` holds), or None.
         self.packed = packed
         #: Where ``packed`` was read from, for the error if it is malformed.
         self.origin = origin
         #: This session's key in the expiry index (-1: not indexed).
-        self.indexed = -1
+        self.indexed = indexed
 
     @property
     def data(self) -> dict[str, bytes]:
@@ -131,29 +148,39 @@ class SessionState:
         return self.unpack()
 
     def unpack(self) -> dict[str, bytes]:
-        """Decode ``packed`` now (thread-safe: one thread decodes, others wait)."""
+        """Decode the packed item block now (thread-safe: one thread decodes,
+        the others wait and find it done)."""
         with _UNPACK_LOCK:
-            packed = self.packed
-            if packed is None:
+            if self.packed is None:
                 return self._data  # type: ignore[return-value]
+            origin = self.origin
             try:
-                data = decode_item_block(packed, _max_value(self.origin))
+                data = decode_item_block(self._packed_bytes(), _max_value(origin))
             except FileError as exc:
-                path, offset = locate(self.origin, self.sid)
+                path, offset = locate(origin, self.packed)
                 raise exc.located(path or "<memory>", offset) from None
             if self._data:
                 data.update(self._data)
             self._data = data
             self.packed = None
+            self.origin = None  # the last decoded session of a block frees its bytes
             return data
+
+    def _packed_bytes(self) -> bytes:
+        packed = self.packed
+        if type(packed) is int:
+            origin = self.origin
+            assert isinstance(origin, BlockOrigin)
+            return block_item(origin.area, origin.ends, packed)
+        assert isinstance(packed, bytes)
+        return packed
 
     def items(self) -> bytes:
         """The data as an item block (what CREATE and BLOCK records carry): the
         packed bytes as they are if nothing changed them, so compaction copies
         an unread session without decoding it; else encoded from :attr:`data`."""
-        packed = self.packed
-        if packed is not None and not self._data:
-            return packed
+        if self.packed is not None and not self._data:
+            return self._packed_bytes()
         data = self.data.copy()  # one consistent copy, even if a writer changes it meanwhile
         return item_block(zip(keys_bytes(data), data.values(), strict=True))
 
@@ -173,8 +200,14 @@ _UNPACK_LOCK = threading.Lock()
 _shared_floats: dict[float, float] = {}
 
 
-def _deadline(st: SessionState) -> float:
-    return min(st.idle_deadline, st.hard_deadline)
+def sids_of(keys: Iterable[int]) -> list[int]:
+    """The SIDs of expiry index keys (see :meth:`SessionTable.expiry_keys`)."""
+    return list(map(_SID_MASK.__and__, keys))
+
+
+_ref_of_digest = operator.itemgetter(slice(0, REF_BYTES))  # ref_key, in C
+_indexed_of = operator.attrgetter("indexed")
+_user_of = operator.attrgetter("user")
 
 
 class FileOrigin(NamedTuple):
@@ -185,13 +218,14 @@ class FileOrigin(NamedTuple):
 
 
 class BlockOrigin(NamedTuple):
-    """Where the item blocks of one snapshot BLOCK record are, shared by its
-    sessions: session ``sids[i]`` starts at ``offset + starts[i]`` of ``file``."""
+    """The item blocks of one snapshot BLOCK record, shared by its sessions
+    until each is decoded: session *i*'s is ``block_item(area, ends, i)``, at
+    offset ``offset`` + its start in ``file``."""
 
     file: FileOrigin
     offset: int
-    sids: array[int]
-    starts: array[int]
+    area: bytes
+    ends: array[int]
 
 
 #: A CREATE's item block is at ``(file, offset)``: a plain tuple, which replay
@@ -203,17 +237,14 @@ def _max_value(origin: Origin | None) -> int:
     return MAX_PAYLOAD_BYTES if origin is None else origin[0].max_value
 
 
-def locate(origin: Origin | None, sid: int) -> tuple[str | None, int]:
-    """(file, offset) of the item block of session *sid* that came from *origin*
-    (the block's own offset if the session was renumbered since)."""
+def locate(origin: Origin | None, packed: bytes | int | None) -> tuple[str | None, int]:
+    """(file, offset) of the packed item block *packed* that came from *origin*."""
     if origin is None:
         return None, 0
-    if not isinstance(origin, BlockOrigin):
-        return origin[0].path, origin[1]
-    try:
-        return origin.file.path, origin.offset + origin.starts[origin.sids.index(sid)]
-    except ValueError:
-        return origin.file.path, origin.offset
+    if isinstance(origin, BlockOrigin):
+        assert type(packed) is int
+        return origin.file.path, origin.offset + (origin.ends[packed - 1] if packed else 0)
+    return origin[0].path, origin[1]
 
 
 class SessionTable:
@@ -235,6 +266,8 @@ class SessionTable:
         self.expiry: SortedList = SortedList()
         self.next_sid = 1
         self._bulk = False
+        #: Sessions created or touched in bulk mode, for end_bulk to index.
+        self._unindexed: list[SessionState] = []
         self._reading = FileOrigin("", MAX_PAYLOAD_BYTES)
         self._apply: dict[type, Callable[[Any], Any]] = {
             Modify: self._apply_modify,
@@ -257,20 +290,37 @@ class SessionTable:
     def begin_bulk(self) -> None:
         """Stop maintaining the expiry and user indexes until :meth:`end_bulk`."""
         self._bulk = True
+        self._unindexed = []
 
     def end_bulk(self) -> None:
-        """Build the expiry and user indexes from scratch: O(n log n) in C."""
+        """Build the expiry and user indexes from scratch, in C but for the
+        sessions created or touched since :meth:`begin_bulk` (a snapshot's
+        come with their keys). Sorting is near linear when the keys arrive in
+        order, as compaction writes them."""
         self._bulk = False
-        states = list(self.by_sid.values())
-        keys = list(map(_expiry_key, map(_deadline, states), self.by_sid))
-        for st, key in zip(states, keys, strict=True):
-            st.indexed = key
+        for st in self._unindexed:
+            if st.digest is not DEAD:
+                st.indexed = _expiry_key(min(st.idle_deadline, st.hard_deadline), st.sid)
+        self._unindexed = []
+        states = self.by_sid.values()
+        self.expiry = SortedList(map(_indexed_of, states))
         by_user: dict[str, set[SessionState]] = {}
-        for st in states:
-            if st.user is not None:
-                by_user.setdefault(st.user, set()).add(st)
-        self.expiry = SortedList(keys)
+        for st in compress(states, map(_user_of, states)):
+            assert st.user is not None
+            by_user.setdefault(st.user, set()).add(st)
         self.by_user = by_user
+
+    def renumber(self) -> None:
+        """Give the sessions SIDs 1..n in their order, and index them again."""
+        states = sorted(self.by_sid.values(), key=lambda st: st.sid)
+        self.begin_bulk()
+        self.by_sid = {}
+        for new_sid, st in enumerate(states, start=1):
+            st.sid = new_sid
+            self.by_sid[new_sid] = st
+        self._unindexed = states
+        self.next_sid = len(states) + 1
+        self.end_bulk()
 
     def load_block(self, block: Block, path: str, offset: int, max_value: int) -> None:
         """Add the sessions of a snapshot BLOCK record read at *offset* of *path*,
@@ -281,8 +331,8 @@ class SessionTable:
         (a snapshot holds each session once).
         """
         assert self._bulk, "load_block is for loading: call begin_bulk() first"
-        origin = BlockOrigin(FileOrigin(path, max_value), offset + block.items_at,
-                             array("I", block.sids), block.starts)  # fmt: skip
+        origin = BlockOrigin(FileOrigin(path, max_value), offset + block.area_at, block.area,
+                             block.ends)  # fmt: skip
         states = list(
             map(
                 SessionState,
@@ -295,8 +345,9 @@ class SessionTable:
                 block.users,
                 block.metas,
                 repeat(None),
-                block.items,
+                range(len(block.sids)),
                 repeat(origin),
+                _expiry_keys(block.sids, block.idle_deadline, block.hard_deadline),
             )
         )
         if len(_shared_floats) > 64:
@@ -304,7 +355,7 @@ class SessionTable:
         by_sid, by_ref = self.by_sid, self.by_ref
         sessions = len(by_sid)
         by_sid.update(zip(block.sids, states, strict=True))
-        by_ref.update(zip(map(ref_key, block.digests), states, strict=True))
+        by_ref.update(zip(map(_ref_of_digest, block.digests), states, strict=True))
         if len(by_sid) != sessions + len(states) or len(by_ref) != len(by_sid):
             raise CorruptionError("a session appears twice in the snapshot", path, offset)
         top = max(block.sids)
@@ -343,6 +394,11 @@ class SessionTable:
             if st is not None and st.indexed == key:
                 out.append(st)
         return out
+
+    def expiry_keys(self) -> list[int]:
+        """Every session's expiry index key, soonest first (see :func:`sids_of`).
+        O(n) in C: about 10 ms for a million sessions."""
+        return list(self.expiry)
 
     def count_expiring(self, now: float) -> int:
         """How many index entries are due at *now* (O(log n))."""
@@ -404,6 +460,7 @@ class SessionTable:
         if self._bulk and sid not in by_sid:
             by_sid[sid] = st  # the common case, without insert()'s generality
             self.by_ref[digest[:REF_BYTES]] = st
+            self._unindexed.append(st)
             if sid >= self.next_sid:
                 self.next_sid = sid + 1 if sid < MAX_SID else 1
         else:
@@ -438,7 +495,9 @@ class SessionTable:
         self.by_ref[ref_key(st.digest)] = st
         if sid >= self.next_sid:
             self.next_sid = sid + 1 if sid < MAX_SID else 1
-        if not self._bulk:
+        if self._bulk:
+            self._unindexed.append(st)
+        else:
             self.reindex(st, min(st.idle_deadline, st.hard_deadline))
             if st.user is not None:
                 self.by_user.setdefault(st.user, set()).add(st)
@@ -493,7 +552,9 @@ class SessionTable:
     def touch(self, st: SessionState, idle_deadline: float, ttl: float) -> None:
         st.idle_deadline = st.logged_deadline = idle_deadline
         st.ttl = ttl
-        if not self._bulk:
+        if self._bulk:
+            self._unindexed.append(st)
+        else:
             self.reindex(st, min(idle_deadline, st.hard_deadline))
 
     @staticmethod
