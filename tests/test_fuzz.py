@@ -109,6 +109,51 @@ def mutate(buf: bytes, how: tuple[str, int, int], rng_bytes: bytes) -> bytes:
     return bytes(b)
 
 
+def write_mutated_log_store(
+    d: str, recs: list[r.Record], how: tuple[str, int, int], junk: bytes, with_snapshot: bool
+) -> tuple[dict[str, int], SessionTable | None]:
+    """Write into *d* a store whose one log holds *recs*, mutated by *how*, after a
+    snapshot of the first record (if *with_snapshot* and it is a CREATE); returns
+    ({file: size}, the snapshot's table or None)."""
+    files: dict[str, int] = {}
+    base = None
+    if with_snapshot:
+        snap = [x for x in recs[:1] if isinstance(x, r.Create)]
+        base = SessionTable()
+        for x in snap:
+            base.apply(x)
+        body = r.encode_header(1, 0, r.SNAPSHOT_MAGIC)
+        body += b"".join(map(r.encode_record, snap)) + r.encode_end(len(snap))
+        path = os.path.join(d, snapshot_name(1))
+        with open(path, "wb") as f:
+            f.write(body)
+        files[path] = len(body)
+    log = r.encode_header(1, 1 if with_snapshot else 0) + b"".join(map(r.encode_record, recs))
+    bad = mutate(log, how, junk)
+    path = os.path.join(d, f"{1:016x}.log")
+    with open(path, "wb") as f:
+        f.write(bad)
+    files[path] = len(bad)
+    return files, base
+
+
+def write_mutated_snapshot_store(
+    d: str, sessions: list[r.Create], how: tuple[str, int, int], junk: bytes
+) -> dict[str, int]:
+    """Write into *d* a snapshot of *sessions* mutated by *how*, and the empty log
+    after it; returns {snapshot: size}."""
+    body = r.encode_header(2, 0, r.SNAPSHOT_MAGIC)
+    body += b"".join(map(r.encode_record, sessions)) + r.encode_end(len(sessions))
+    bad = mutate(body, how, junk)
+    path = os.path.join(d, snapshot_name(2))
+    with open(path, "wb") as f:
+        f.write(bad)
+    log = r.encode_header(2, 2)
+    with open(os.path.join(d, f"{2:016x}.log"), "wb") as f:
+        f.write(log)
+    return {path: len(bad)}
+
+
 def check_load(directory: str, files: dict[str, int], acceptable: list[Any]) -> None:
     try:
         loaded = StoreDirectory(directory, OS).load(MAX_VALUE)
@@ -131,25 +176,7 @@ def check_load(directory: str, files: dict[str, int], acceptable: list[Any]) -> 
 def test_mutated_log(recs: list[r.Record], how: tuple[str, int, int], junk: bytes,
                      with_snapshot: bool) -> None:  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
-        files: dict[str, int] = {}
-        base = None
-        if with_snapshot:
-            snap = [x for x in recs[:1] if isinstance(x, r.Create)]
-            base = SessionTable()
-            for x in snap:
-                base.apply(x)
-            body = r.encode_header(1, 0, r.SNAPSHOT_MAGIC)
-            body += b"".join(map(r.encode_record, snap)) + r.encode_end(len(snap))
-            path = os.path.join(d, snapshot_name(1))
-            with open(path, "wb") as f:
-                f.write(body)
-            files[path] = len(body)
-        log = r.encode_header(1, 1 if with_snapshot else 0) + b"".join(map(r.encode_record, recs))
-        bad = mutate(log, how, junk)
-        path = os.path.join(d, f"{1:016x}.log")
-        with open(path, "wb") as f:
-            f.write(bad)
-        files[path] = len(bad)
+        files, base = write_mutated_log_store(d, recs, how, junk, with_snapshot)
         check_load(d, files, prefix_states(recs, base))
 
 
@@ -159,17 +186,9 @@ def test_mutated_log(recs: list[r.Record], how: tuple[str, int, int], junk: byte
 def test_mutated_snapshot(sessions: list[r.Create], how: tuple[str, int, int], junk: bytes) -> None:
     """A snapshot is all or nothing: either every session loads or the open fails."""
     with tempfile.TemporaryDirectory() as d:
-        body = r.encode_header(2, 0, r.SNAPSHOT_MAGIC)
-        body += b"".join(map(r.encode_record, sessions)) + r.encode_end(len(sessions))
-        bad = mutate(body, how, junk)
-        path = os.path.join(d, snapshot_name(2))
-        with open(path, "wb") as f:
-            f.write(bad)
-        log = r.encode_header(2, 2)
-        with open(os.path.join(d, f"{2:016x}.log"), "wb") as f:
-            f.write(log)
+        files = write_mutated_snapshot_store(d, sessions, how, junk)
         full = prefix_states(list(sessions))[-1]
-        check_load(d, {path: len(bad)}, [full])
+        check_load(d, files, [full])
 
 
 @settings(max_examples=200)

@@ -33,7 +33,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,80 @@ def records_before(built: BuiltLog, offset: int) -> int:
     return sum(1 for end in built.bounds[1:] if end <= offset)
 
 
+# -- the damage this suite makes (tests/test_damage.py holds open and check to one
+# -- verdict on each) --------------------------------------------------------------
+
+#: Hypothesis arguments of :func:`garbage_after`.
+GARBAGE_TAILS = {
+    "garbage": st.binary(min_size=1, max_size=300),
+    "torn": st.integers(min_value=0, max_value=1000),
+    "cut_last": st.booleans(),
+}
+#: Bytes between the log and a copy of its last record (:func:`valid_record_after_garbage`).
+GARBAGE_FILLERS = [b"\xff" * 20, bytes(4096), b"\x01"]
+#: :func:`unwritten_header` arguments, and their names.
+UNWRITTEN_HEADS = [0, HEADER_SIZE, 4096, -5, -20]
+UNWRITTEN_HEAD_IDS = ["empty", "zeros32", "zeros4k", "magic5", "hdr20"]
+#: How many leading bytes :func:`zeroed_header` zeroes.
+ZEROED_HEADERS = [HEADER_SIZE, 128]
+
+
+def garbage_after(built: BuiltLog, garbage: bytes, torn: int, cut_last: bool) -> tuple[bytes, int]:
+    """(image, end): *garbage* after the whole log, or (*cut_last*) after the log cut
+    *torn* bytes (modulo its size) into its last record, which ends at *end*."""
+    last = built.bounds[-2]
+    end = last + torn % (len(built.image) - last) if cut_last else len(built.image)
+    return built.image[:end] + garbage, end
+
+
+def valid_record_after_garbage(built: BuiltLog, filler: bytes) -> bytes:
+    return built.image + filler + built.image[built.bounds[-2] :]
+
+
+def unwritten_header(built: BuiltLog, head: int) -> bytes:
+    """*head* > 0: that many zeros; < 0: that many bytes of the real header."""
+    return bytes(head) if head >= 0 else built.image[:-head]
+
+
+def zeroed_header(built: BuiltLog, zeroed: int) -> bytes:
+    return bytes(zeroed) + built.image[zeroed:]
+
+
+def flipped(image: bytes, i: int, bit: int) -> bytes:
+    out = bytearray(image)
+    out[i] ^= 1 << bit
+    return bytes(out)
+
+
+def last_record_flips(built: BuiltLog) -> Iterator[tuple[int, int, bytes]]:
+    """(j, i, image): the log cut after its j-th record, a random bit of its byte i
+    (inside record j) flipped; for every record and byte."""
+    rng = random.Random(1234)
+    for j in range(1, len(built.bounds)):
+        start, end = built.bounds[j - 1], built.bounds[j]
+        for i in range(start, end):
+            yield j, i, flipped(built.image[:end], i, rng.randrange(8))
+
+
+def recovery_damage(built: BuiltLog) -> Iterator[tuple[str, bytes]]:
+    """(what, image) for every fixed damage this suite makes to *built*'s log:
+    truncations at every offset, every single bit flipped, a valid record after
+    garbage, unwritten and zeroed headers (the hypothesis garbage tails aside)."""
+    for n in range(len(built.image) + 1):
+        yield f"truncated at {n}", built.image[:n]
+    for i in range(len(built.image)):
+        for bit in range(8):
+            yield f"byte {i} bit {bit} flipped", flipped(built.image, i, bit)
+    for filler in GARBAGE_FILLERS:
+        yield f"valid record after {filler[:4]!r}...", valid_record_after_garbage(built, filler)
+    for head in UNWRITTEN_HEADS:
+        yield f"unwritten header {head}", unwritten_header(built, head)
+    for zeroed in ZEROED_HEADERS:
+        yield f"{zeroed} bytes zeroed", zeroed_header(built, zeroed)
+    for j, i, image in last_record_flips(built):
+        yield f"cut after record {j}, byte {i} flipped", image
+
+
 # -- the log itself -------------------------------------------------------------------
 
 
@@ -229,11 +303,7 @@ def test_truncated_at_every_offset(built: BuiltLog) -> None:
             assert again is not None and again.to_dict() == {"after": n, "more": [n]}
 
 
-@given(
-    garbage=st.binary(min_size=1, max_size=300),
-    torn=st.integers(min_value=0, max_value=1000),
-    cut_last=st.booleans(),
-)
+@given(**GARBAGE_TAILS)
 @example(garbage=bytes(4096), torn=0, cut_last=False)  # a zero page a power loss leaves
 @example(garbage=bytes(4096), torn=5, cut_last=True)
 @example(garbage=b"\x03" + bytes(12), torn=0, cut_last=False)
@@ -242,9 +312,8 @@ def test_garbage_after_the_last_record_is_cut(
     built: BuiltLog, garbage: bytes, torn: int, cut_last: bool
 ) -> None:
     """Garbage after the last complete (or after a torn) record is a crash artifact."""
-    last = built.bounds[-2]
-    end = last + torn % (len(built.image) - last) if cut_last else len(built.image)
-    write_log(built, built.image[:end] + garbage)
+    image, end = garbage_after(built, garbage, torn, cut_last)
+    write_log(built, image)
     k = records_before(built, end)
     start = built.bounds[k]
     with reopen(built) as store:
@@ -259,11 +328,10 @@ def test_garbage_after_the_last_record_is_cut(
         assert store.exists(s.id)
 
 
-@pytest.mark.parametrize("filler", [b"\xff" * 20, bytes(4096), b"\x01"])
+@pytest.mark.parametrize("filler", GARBAGE_FILLERS)
 def test_valid_record_after_garbage_is_corruption(built: BuiltLog, filler: bytes) -> None:
     """A bad stretch followed by a valid record is not a torn tail: refuse, cut nothing."""
-    last = built.image[built.bounds[-2] :]
-    damaged = built.image + filler + last
+    damaged = valid_record_after_garbage(built, filler)
     write_log(built, damaged)
     with pytest.raises(walsess.CorruptionError) as info:
         reopen(built)
@@ -273,14 +341,12 @@ def test_valid_record_after_garbage_is_corruption(built: BuiltLog, filler: bytes
         assert f.read() == damaged
 
 
-@pytest.mark.parametrize(
-    "head", [0, HEADER_SIZE, 4096, -5, -20], ids=["empty", "zeros32", "zeros4k", "magic5", "hdr20"]
-)
+@pytest.mark.parametrize("head", UNWRITTEN_HEADS, ids=UNWRITTEN_HEAD_IDS)
 def test_unwritten_header_with_nothing_after_starts_afresh(built: BuiltLog, head: int) -> None:
     """A header that never landed (zeros, or a prefix of a header) with no record
     after it is a crash artifact of creating the file: an empty store, reported.
     (*head* > 0: that many zeros; < 0: that many bytes of the real header.)"""
-    image = bytes(head) if head >= 0 else built.image[:-head]
+    image = unwritten_header(built, head)
     write_log(built, image)
     with reopen(built) as store:
         assert_state(store, built, 0)
@@ -292,13 +358,13 @@ def test_unwritten_header_with_nothing_after_starts_afresh(built: BuiltLog, head
         assert store.recovery.clean and store.exists(s.id)
 
 
-@pytest.mark.parametrize("zeroed", [HEADER_SIZE, 128])
+@pytest.mark.parametrize("zeroed", ZEROED_HEADERS)
 def test_zeroed_header_with_records_after_is_refused(built: BuiltLog, zeroed: int) -> None:
     """A zeroed header cannot be a crash artifact when valid records follow it: the
     header was fsynced before the file got its name, so before any record was added.
     Opening refuses (FormatError or CorruptionError in the header) and deletes nothing.
     (Before b944deb the file was deleted as an "unwritten header", losing every record.)"""
-    damaged = bytes(zeroed) + built.image[zeroed:]
+    damaged = zeroed_header(built, zeroed)
     write_log(built, damaged)
     with pytest.raises((walsess.FormatError, walsess.CorruptionError)) as info:
         reopen(built).close()
@@ -320,9 +386,8 @@ def test_every_single_bit_flip(built: BuiltLog) -> None:
         record = records_before(built, i)
         start = built.bounds[record]
         for bit in range(8):
-            flipped = bytearray(image)
-            flipped[i] ^= 1 << bit
-            write_log(built, bytes(flipped))
+            damaged = flipped(image, i, bit)
+            write_log(built, damaged)
             where = f"byte {i} bit {bit}"
             if i >= last:  # the last record: a torn tail
                 with reopen(built) as store:
@@ -342,24 +407,20 @@ def test_every_single_bit_flip(built: BuiltLog) -> None:
                 assert isinstance(exc, walsess.CorruptionError), (where, exc)
                 assert exc.offset == start, (where, exc)
             with open(built.log, "rb") as f:
-                assert f.read() == bytes(flipped), f"{where}: a refused log was changed"
+                assert f.read() == damaged, f"{where}: a refused log was changed"
     assert opened == 8 * (len(image) - last)
 
 
 def test_flip_in_a_last_record_of_every_type(built: BuiltLog) -> None:
     """Make each record in turn the last one (cut the log after it) and flip a random
     bit of each of its bytes: always a torn tail, whatever the record's type."""
-    rng = random.Random(1234)
-    for j in range(1, len(built.bounds)):
+    for j, i, image in last_record_flips(built):
+        write_log(built, image)
         start, end = built.bounds[j - 1], built.bounds[j]
-        for i in range(start, end):
-            flipped = bytearray(built.image[:end])
-            flipped[i] ^= 1 << rng.randrange(8)
-            write_log(built, bytes(flipped))
-            with reopen(built) as store:
-                assert_state(store, built, j - 1)
-                cuts = [(c.path, c.offset, c.dropped) for c in store.recovery.cuts]
-                assert cuts == [(built.log, start, end - start)], (j, i)
+        with reopen(built) as store:
+            assert_state(store, built, j - 1)
+            cuts = [(c.path, c.offset, c.dropped) for c in store.recovery.cuts]
+            assert cuts == [(built.log, start, end - start)], (j, i)
 
 
 # -- SIGKILL ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ garbage, mid-log flips, truncations and zero pages.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import tempfile
@@ -34,7 +35,8 @@ import walsess
 from walsess import record as r
 from walsess.cli import main
 from walsess.clock import ManualClock
-from walsess.fileio import OS
+from walsess.fileio import OS, FileSystem
+from walsess.repair import repair_store
 from walsess.snapshot import snapshot_name
 from walsess.storedir import StoreDirectory
 from walsess.table import SessionTable
@@ -334,3 +336,70 @@ def test_a_record_inside_a_damaged_value_is_never_taken_for_a_session(tmp_path: 
     Path(d, f"{2:016x}.log").write_bytes(r.encode_header(2, 2))
     got = repaired_state(d)
     assert 99 not in got and 1 in got
+
+
+# -- repair through the FileSystem seam ----------------------------------------------------
+
+
+class FailingFS(FileSystem):
+    """Fails the k-th write, fsync, rename or unlink (k counted from 1; 0: never)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.calls = 0
+
+    def _tick(self) -> None:
+        self.calls += 1
+        if self.calls == self.k:
+            raise OSError(errno.EIO, "injected")
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        self._tick()
+        return super().write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        self._tick()
+        super().fsync(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        self._tick()
+        super().rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        self._tick()
+        super().unlink(path)
+
+
+def test_every_file_change_of_repair_goes_through_the_file_system(tmp_path: Path) -> None:
+    """Fail each of repair's file-system calls in turn: repair raises, the damaged
+    log is either as it was or wholly repaired (never half), and a repair with a
+    healthy file system then finishes the job."""
+    path = str(tmp_path / "s")
+    with walsess.open(path, **QUIET) as store:
+        store.create({"a": 1})
+        store.compact()
+        store.create({"b": 2})
+    log = sorted(Path(path).glob("*.log"))[-1]
+    damaged = bytearray(log.read_bytes())
+    damaged[-3] ^= 1
+    damaged += r.encode_touch(1, 1.0, 1.0)  # a valid record after the bad one: corruption
+    log.write_bytes(bytes(damaged))
+    counting = FailingFS(0)
+    planned = repair_store(path, lambda steps: False, counting).steps
+    assert counting.calls == 0 and [step.path for step in planned] == [str(log)]
+    whole = {bytes(damaged), planned[0].content}  # what a failed repair may leave
+    k = 0
+    while True:
+        k += 1
+        fs = FailingFS(k)
+        try:
+            outcome = repair_store(path, lambda steps: True, fs, clock=lambda: 0.0)
+        except (OSError, walsess.WalsessError):
+            assert log.read_bytes() in whole, k
+            assert cli("repair", path, "--yes")[0] == 0 and cli("check", path)[0] == 0
+            log.write_bytes(bytes(damaged))
+            continue
+        break
+    assert outcome.applied and fs.calls < k  # every call of a whole repair failed once
+    assert k > 5 and log.read_bytes() == planned[0].content
+    assert cli("check", path)[0] == 0

@@ -13,6 +13,9 @@ holding valid records:
 * anywhere else it is corruption: :class:`CorruptionError` names the file
   and offset, and nothing is cut.
 
+Which is which is decided by :func:`walsess.damage.classify_log`, which
+``walsess check`` uses too.
+
 Appends are one ``write(2)`` each; a write that fails part way is cut back,
 so the file never holds half a record followed by more records.
 """
@@ -25,20 +28,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import CorruptionError, FileError, StorageError, StorePoisoned
+from .damage import LogState, LogVerdict, classify_log
+from .errors import StorageError, StorePoisoned
 from .fileio import FileSystem, must_fsync, must_fsync_dir
-from .record import (
-    HEADER_SIZE,
-    LOG_MAGIC,
-    Block,
-    End,
-    Header,
-    Record,
-    RecordReader,
-    decode_header,
-    encode_header,
-    next_valid_record,
-)
+from .record import HEADER_SIZE, Header, Record, encode_header
 
 __all__ = ["ChangeLog", "Cut", "LogReplay", "log_name", "replay_log"]
 
@@ -62,23 +55,24 @@ class Cut:
 
 @dataclass(frozen=True)
 class LogReplay:
-    """What replaying one log file found."""
+    """What replaying one log file found: its :class:`LogVerdict`, and the cut it calls for."""
 
     path: str
-    header: Header | None
-    records: int
-    end: int
+    verdict: LogVerdict
     cut: Cut | None
 
+    @property
+    def header(self) -> Header | None:
+        return self.verdict.header
 
-def looks_unwritten(buf: bytes) -> bool:
-    """A header that never fully landed (all zeros, or a prefix of our magic) with
-    no valid record anywhere after it: only then is the file a crash artifact."""
-    head = buf[:HEADER_SIZE]
-    if len(buf) >= HEADER_SIZE and head.count(0) != HEADER_SIZE:
-        return False
-    unwritten = head.count(0) == len(head) or LOG_MAGIC.startswith(head[: len(LOG_MAGIC)])
-    return unwritten and next_valid_record(buf, -1) is None
+    @property
+    def records(self) -> int:
+        return self.verdict.records
+
+    @property
+    def end(self) -> int:
+        """Where the file's good records end: its size once a torn tail is cut."""
+        return self.verdict.end
 
 
 def replay_log(
@@ -88,6 +82,7 @@ def replay_log(
     set_key: Callable[[int, str, bytes], object],
     max_value: int,
     newest: bool,
+    generation: int | None = None,
     on_touch: Callable[[int, float, float], object] | None = None,
     on_create: Callable[..., object] | None = None,
 ) -> LogReplay:
@@ -95,53 +90,33 @@ def replay_log(
     to ``set_key(sid, key, value)``, and TOUCH and CREATE records to the fast
     paths *on_touch* and *on_create* if given (see :meth:`RecordReader.replay`).
 
-    A torn tail is reported (not yet cut) only if *newest*; otherwise, and for
-    a bad record followed by a valid one, :class:`CorruptionError`.
+    The file is classified by :func:`walsess.damage.classify_log` (the rules
+    ``walsess check`` uses too): a torn tail or unwritten header (only if
+    *newest*) is reported as a :class:`Cut`, not yet cut; anything else wrong
+    raises its :class:`CorruptionError` or :class:`FormatError` naming *path*
+    and the offset. *generation* is the one the file's name says (by default,
+    read from *path*); a header saying another is corruption. Cost: one read
+    of the file and one pass over it.
     """
+    if generation is None:
+        named = LOG_FILE.match(os.path.basename(path))
+        generation = int(named.group(1), 16) if named else None
     buf = fs.read(path)
-    try:
-        header = decode_header(buf)
-    except FileError as exc:
-        if newest and looks_unwritten(buf):
-            # The file was created but its header never landed: a crash artifact
-            # of creation. The caller starts it again.
-            return LogReplay(
-                path, None, 0, 0, Cut(path, 0, len(buf), f"unwritten header ({exc.reason})")
-            )
-        if buf[:HEADER_SIZE].count(0) == HEADER_SIZE:
-            # Our file (by its name) whose header was wiped while records follow:
-            # damage, not a foreign file.
-            following = next_valid_record(buf, -1)
-            raise CorruptionError(
-                f"the header is zeroed but a valid record follows at offset {following}", path, 0
-            ) from None
-        raise exc.located(path) from None
-
-    def checked(_pos: int, rec: Record) -> None:
-        if type(rec) is End or type(rec) is Block:
-            raise CorruptionError(
-                f"an {type(rec).__name__.upper()} record belongs in snapshots, not logs", path, _pos
-            )
-        apply(rec)
-
-    reader = RecordReader(buf, HEADER_SIZE, max_value)
-    try:
-        records = reader.replay(checked, set_key, on_touch, on_create)
-    except FileError as exc:
-        raise exc.located(path) from None
-    stop = reader.stop
-    if stop is None:
-        return LogReplay(path, header, records, reader.end, None)
-    following = next_valid_record(buf, stop.offset)
-    if not newest or following is not None:
-        detail = stop.reason
-        if following is not None:
-            detail += f"; a valid record follows at offset {following}"
-        else:
-            detail += " in a log that is not the newest"
-        raise CorruptionError(detail, path, stop.offset)
-    cut = Cut(path, stop.offset, len(buf) - stop.offset, stop.reason)
-    return LogReplay(path, header, records, reader.end, cut)
+    verdict = classify_log(
+        buf,
+        newest=newest,
+        generation=generation,
+        max_value=max_value,
+        apply=apply,
+        set_key=set_key,
+    )
+    if verdict.error is not None:
+        raise verdict.error.located(path) from None
+    cut = None
+    if verdict.cut:
+        assert verdict.offset is not None and verdict.reason is not None
+        cut = Cut(path, verdict.offset, len(buf) - verdict.offset, verdict.reason)
+    return LogReplay(path, verdict, cut)
 
 
 class ChangeLog:
@@ -188,7 +163,7 @@ class ChangeLog:
         *follows* is the snapshot the store loaded, for a log that is started again.
         """
         directory = os.path.dirname(replay.path)
-        if replay.header is None:  # an unwritten header: start the file again
+        if replay.verdict.state is LogState.UNWRITTEN_HEADER:  # start the file again
             fs.unlink(replay.path)
             must_fsync_dir(fs, directory)
             return cls.create(directory, fs, generation, follows=follows)
@@ -200,7 +175,9 @@ class ChangeLog:
         except BaseException:
             fs.close(fd)
             raise
-        return cls(directory, fs, generation, replay.header.follows, fd, replay.end)
+        header = replay.header
+        assert header is not None  # only an unwritten header has none, and it is started again
+        return cls(directory, fs, generation, header.follows, fd, replay.end)
 
     @classmethod
     def create(

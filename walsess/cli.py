@@ -24,10 +24,9 @@ from .changelog import LOG_FILE
 from .codec import JSON
 from .errors import LockedError, WalsessError
 from .fileio import OS
-from .lockfile import DirectoryLock
 from .options import Options
 from .progress import Progress
-from .repair import apply_repair, plan_repair
+from .repair import RepairStep, repair_store
 from .snapshot import SNAPSHOT_FILE
 from .storedir import StoreDirectory
 from .verify import iter_records, verify_directory
@@ -47,11 +46,13 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _sessions(directory: str) -> int | None:
+def _sessions(directory: str) -> int | WalsessError:
+    """The sessions an open would read, or why the files do not open (what
+    ties them together: snapshot choice, log chain, each log's ``follows``)."""
     try:
         return len(StoreDirectory(directory, OS).load(rec.MAX_PAYLOAD_BYTES).table)
-    except WalsessError:
-        return None
+    except WalsessError as exc:
+        return exc
 
 
 # -- check -------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     records = sum(r.records for r in reports)
     size = sum(r.size for r in reports)
     sessions = _sessions(directory)
-    shown = "?" if sessions is None else f"{sessions:,}"
+    shown = "?" if isinstance(sessions, WalsessError) else f"{sessions:,}"
     out.write(
         f"{directory}: {len(reports)} files, {records:,} records, {shown} sessions, {_size(size)}\n"
     )
@@ -97,8 +98,13 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"corrupt: {first.path} at offset {first.problem_offset}: {first.problem}\n")
         out.write("run 'walsess repair' to cut it (the damaged files are copied aside first)\n")
         return 1
-    if sessions is None:
-        out.write("corrupt: the files do not form a complete state (see 'walsess stats')\n")
+    if isinstance(sessions, WalsessError):
+        # Every file is fine by itself; the error names the file (and offset)
+        # that open refuses for what ties the files together.
+        out.write(
+            f"corrupt: the files do not form a complete state: {_one_line(sessions)}"
+            " (see 'walsess stats')\n"
+        )
         return 1
     if any(r.torn_tail for r in reports):
         out.write("clean, except a torn tail that the next open cuts (a crash artifact)\n")
@@ -243,30 +249,25 @@ def _confirm(question: str, assume_yes: bool) -> bool:
 
 def cmd_repair(args: argparse.Namespace, out: TextIO) -> int:
     directory = args.dir
-    try:
-        lock = DirectoryLock(directory, OS)
-    except LockedError:
-        raise LockedError(
-            f"{directory} is open in another process: close it before repairing"
-        ) from None
-    try:
-        steps = plan_repair(directory)
-        if not steps:
-            out.write(f"{directory}: nothing to repair\n")
-            return 0
+
+    def confirm(steps: Sequence[RepairStep]) -> bool:
         out.write(f"damage: {steps[0].damage}\n")
         for step in steps:
             out.write(f"  will {step.text}\n")
-        if not _confirm("Proceed?", args.yes):
-            out.write("nothing changed\n")
-            return 1
-        for aside in apply_repair(directory, steps):
-            name = os.path.basename(aside)
-            out.write(f"copied {name.split('.broken-')[0]} to {name}\n")
-        out.write("repaired: " + "; ".join(step.text for step in steps) + "\n")
+        return _confirm("Proceed?", args.yes)
+
+    outcome = repair_store(directory, confirm)
+    if not outcome.steps:
+        out.write(f"{directory}: nothing to repair\n")
         return 0
-    finally:
-        lock.release()
+    if not outcome.applied:
+        out.write("nothing changed\n")
+        return 1
+    for aside in outcome.copies:
+        name = os.path.basename(aside)
+        out.write(f"copied {name.split('.broken-')[0]} to {name}\n")
+    out.write("repaired: " + "; ".join(step.text for step in outcome.steps) + "\n")
+    return 0
 
 
 # -- compact -----------------------------------------------------------------------------

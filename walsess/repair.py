@@ -30,18 +30,23 @@ Example::
     for step in plan:
         print(step.text)
     apply_repair("var/sessions", plan)
+
+:func:`repair_store` does the whole of ``walsess repair`` (lock, plan,
+confirm, apply); every file change goes through a :class:`FileSystem`, so
+fault-injection file systems can test it.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .errors import CorruptionError, FileError, FormatError
-from .fileio import OS, FileSystem, must_fsync_dir
+from .errors import CorruptionError, FileError, FormatError, LockedError
+from .fileio import OS, FileSystem, must_fsync, must_fsync_dir
+from .lockfile import DirectoryLock
 from .record import (
     FORMAT_VERSION,
     HEADER_SIZE,
@@ -63,7 +68,7 @@ from .record import (
 from .storedir import StoreDirectory
 from .verify import verify_buffer
 
-__all__ = ["RepairStep", "apply_repair", "plan_repair"]
+__all__ = ["RepairOutcome", "RepairStep", "apply_repair", "plan_repair", "repair_store"]
 
 #: How far past its place a shifted header's first record is searched for: bytes
 #: inserted into a header. Bounded so that a record inside a damaged record's
@@ -291,28 +296,91 @@ def plan_repair(directory: str, fs: FileSystem = OS) -> list[RepairStep]:
     return steps
 
 
-def apply_repair(directory: str, steps: list[RepairStep], fs: FileSystem = OS) -> list[str]:
+def apply_repair(
+    directory: str,
+    steps: Sequence[RepairStep],
+    fs: FileSystem = OS,
+    clock: Callable[[], float] = time.time,
+) -> list[str]:
     """Copy each file of *steps* aside, then change it; returns the copies' paths.
 
-    Each new image is written to a temporary file, fsynced and renamed over
-    the old one, so a crash leaves either file whole; the directory is
-    fsynced at the end. The caller holds the store's lock.
+    The copies (``<name>.broken-<local time of clock()>``) are fsynced, and
+    the directory with them, before any file changes. Each new image is
+    written to a temporary file, fsynced and renamed over the old one, so a
+    crash leaves either file whole; the directory is fsynced at the end. Every
+    change goes through *fs*. The caller holds the store's lock. Cost: each
+    file read once and written twice.
     """
-    stamp = time.strftime("%Y%m%dT%H%M%S")
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(clock()))
     copies = []
     for step in steps:
         aside = f"{step.path}.broken-{stamp}"
-        shutil.copy2(step.path, aside)
+        _write_durably(fs, aside, fs.read(step.path))
         copies.append(aside)
+    if copies:
+        must_fsync_dir(fs, directory)  # the copies exist before any original changes
     for step in steps:
         if step.content is None:
             fs.unlink(step.path)
             continue
         tmp = step.path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(step.content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, step.path)
+        _write_durably(fs, tmp, step.content)
+        fs.rename(tmp, step.path)
     must_fsync_dir(fs, directory)
     return copies
+
+
+def _write_durably(fs: FileSystem, path: str, content: bytes) -> None:
+    """Create or replace the file *path* holding *content*, fsynced."""
+    fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fs.write_all(fd, content)
+        must_fsync(fs, fd, path)
+    finally:
+        fs.close(fd)
+
+
+@dataclass(frozen=True)
+class RepairOutcome:
+    """What :func:`repair_store` found and did."""
+
+    #: The planned changes, in order (empty: nothing to repair).
+    steps: tuple[RepairStep, ...]
+    #: True if the steps were applied (the confirmation said yes).
+    applied: bool
+    #: Copies of the changed files, made before they changed.
+    copies: tuple[str, ...]
+
+
+def repair_store(
+    directory: str,
+    confirm: Callable[[Sequence[RepairStep]], bool],
+    fs: FileSystem = OS,
+    clock: Callable[[], float] = time.time,
+) -> RepairOutcome:
+    """``walsess repair``: take the store's lock, plan, ask, apply.
+
+    *confirm* is called with the plan (only if there is something to repair)
+    and returns whether to apply it; an exception from it changes nothing.
+    Raises :class:`LockedError` if the store is open elsewhere, and what
+    :func:`plan_repair` raises for a file repair must not touch. Cost: that of
+    :func:`plan_repair`, plus :func:`apply_repair` if confirmed.
+
+    Example::
+
+        outcome = repair_store("var/sessions", lambda steps: True)
+        print(len(outcome.steps), "files repaired" if outcome.applied else "")
+    """
+    try:
+        lock = DirectoryLock(directory, fs)
+    except LockedError:
+        raise LockedError(
+            f"{directory} is open in another process: close it before repairing"
+        ) from None
+    try:
+        steps = tuple(plan_repair(directory, fs))
+        if not steps or not confirm(steps):
+            return RepairOutcome(steps, False, ())
+        return RepairOutcome(steps, True, tuple(apply_repair(directory, steps, fs, clock)))
+    finally:
+        lock.release()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from time import monotonic
 
 from .changelog import LOG_FILE, ChangeLog, Cut, LogReplay, log_name, replay_log
+from .damage import FOLLOWS_OFFSET, follows_problem
 from .errors import CorruptionError, FileError
 from .fileio import FileSystem, must_fsync_dir
 from .snapshot import SNAPSHOT_FILE, load_snapshot, snapshot_name
@@ -183,27 +184,16 @@ class StoreDirectory:
             path = self.log_path(g)
             table.reading(path, max_value)
             last = replay_log(
-                path, self._fs, table.apply, table.set_key, max_value, i == len(chain) - 1,
+                path, self._fs, table.apply, table.set_key, max_value, i == len(chain) - 1, g,
                 table.touch_sid, table.create_packed,
             )  # fmt: skip
             replays.append(last)
             records += last.records
-            if last.header is not None and last.header.generation != g:
-                # The same rule as `walsess check`: a log copied or renamed
-                # under another generation's name is not that generation.
-                raise CorruptionError(
-                    f"header says generation {last.header.generation}, but the file name says"
-                    f" {g}: a copied or renamed log",
-                    path,
-                    12,
-                )
-            if last.header is not None and not s <= last.header.follows <= g:
-                raise CorruptionError(
-                    f"log follows snapshot {last.header.follows}, but snapshot {s} was loaded:"
-                    " a stale or misplaced log",
-                    path,
-                    20,
-                )
+            # The header's generation against the name is replay_log's (the rule
+            # `walsess check` applies); the chain's half of the follows rule is here.
+            problem = None if last.header is None else follows_problem(last.header.follows, g, s)
+            if problem is not None:
+                raise CorruptionError(problem, path, FOLLOWS_OFFSET)
         table.end_bulk()
         return Loaded(table, s, loaded, records, tuple(replays), tuple(skipped))
 

@@ -17,7 +17,12 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .changelog import looks_unwritten
+from .damage import (
+    GENERATION_OFFSET,
+    classify_log,
+    end_count_problem,
+    generation_problem,
+)
 from .errors import FileError
 from .fileio import OS, FileSystem
 from .record import (
@@ -80,37 +85,40 @@ def verify_buffer(
 ) -> FileReport:
     """:func:`verify_file` of the image *buf* of the file at *path* (which is not read):
     repair checks what a file would hold after its header is rebuilt. Cost: one
-    pass over *buf*, plus a search for a later valid record after a bad one."""
-    size = len(buf)
-    magic = LOG_MAGIC if kind == "log" else SNAPSHOT_MAGIC
+    pass over *buf*, plus a search for a later valid record after a bad one.
 
-    def report(records: int, good_end: int, problem: str | None = None, at: int | None = None,
-               torn: bool = False) -> FileReport:  # fmt: skip
-        return FileReport(path, kind, generation, size, records, good_end, problem, at, torn)
+    A log is judged by :func:`walsess.damage.classify_log`, as opening the store
+    judges it; a snapshot by the rules the snapshot loader applies.
+    """
+    if kind == "log":
+        verdict = classify_log(buf, newest=newest_log, generation=generation)
+        return FileReport(path, kind, generation, len(buf), verdict.records, verdict.end,
+                          verdict.reason, verdict.offset, verdict.cut)  # fmt: skip
+    return _verify_snapshot(buf, path, generation)
+
+
+def _verify_snapshot(buf: bytes, path: str, generation: int) -> FileReport:
+    def report(records: int, good_end: int, problem: str | None = None,
+               at: int | None = None) -> FileReport:  # fmt: skip
+        return FileReport(path, "snapshot", generation, len(buf), records, good_end, problem, at)
 
     try:
-        header = decode_header(buf, magic)
+        header = decode_header(buf, SNAPSHOT_MAGIC)
     except FileError as exc:
-        if kind == "log" and newest_log and looks_unwritten(buf):
-            # The one rule open uses: a newest log whose header never landed is
-            # a crash artifact of its creation, which opening starts again.
-            return report(0, 0, f"unwritten header ({exc.reason})", 0, torn=True)
         return report(0, 0, exc.reason, exc.offset)
-    if header.generation != generation:
-        return report(0, 0, f"header says generation {header.generation}", 12)
-    ends: list[int] = []
+    ends: list[tuple[int, End]] = []
     others: list[tuple[int, str]] = []
     holds = Block if header.version >= 2 else Create  # a snapshot's session records
     blocked = 0  # sessions in BLOCK records beyond one per record
 
     def look(pos: int, rec: Record) -> None:
         nonlocal blocked
-        if type(rec) is End:
-            ends.append(pos)
-        elif kind == "snapshot" and (type(rec) is not holds or ends):
-            others.append((pos, type(rec).__name__))
-        elif kind == "log" and type(rec) is Block:
-            others.append((pos, "Block"))
+        if ends:
+            others.append((pos, "a record follows the END record"))
+        elif type(rec) is End:
+            ends.append((pos, rec))
+        elif type(rec) is not holds:
+            others.append((pos, f"a {type(rec).__name__} record in a snapshot"))
         elif type(rec) is Block:
             blocked += len(rec.sids) - 1
 
@@ -119,24 +127,27 @@ def verify_buffer(
         records = reader.replay(look)
     except FileError as exc:
         return report(0, reader.end, exc.reason, exc.offset)
-    records += blocked - len(ends)  # for a snapshot: sessions; the END record is not one
-    if kind == "log" and ends:
-        return report(records, ends[0], "an END record in a log", ends[0])
+    sessions = records + blocked - len(ends)  # the END record is not a session
     if others:
-        pos, name = others[0]
-        where = "a snapshot" if kind == "snapshot" else "a log"
-        return report(records, pos, f"a {name} record in {where}", pos)
+        pos, why = others[0]
+        return report(sessions, pos, why, pos)
     stop = reader.stop
     if stop is not None:
-        following = next_valid_record(buf, stop.offset)
-        torn = kind == "log" and newest_log and following is None
         reason = stop.reason
+        following = next_valid_record(buf, stop.offset)
         if following is not None:
             reason += f"; a valid record follows at offset {following}"
-        return report(records, reader.end, reason, stop.offset, torn)
-    if kind == "snapshot" and not ends:
-        return report(records, reader.end, "no END record: incomplete snapshot", reader.end)
-    return report(records, reader.end)
+        return report(sessions, reader.end, reason, stop.offset)
+    if not ends:
+        return report(sessions, reader.end, "no END record: incomplete snapshot", reader.end)
+    pos, end = ends[0]
+    problem = end_count_problem(end.sessions, sessions)
+    if problem is not None:
+        return report(sessions, pos, problem, pos)
+    problem = generation_problem(header.generation, generation)
+    if problem is not None:
+        return report(sessions, reader.end, problem, GENERATION_OFFSET)
+    return report(sessions, reader.end)
 
 
 def verify_directory(
