@@ -232,7 +232,7 @@ def test_a_snapshot_whose_end_is_wrong_is_refused_by_both(tmp_path: Path, tail: 
     has a record after its END; the loader refuses both."""
     d = str(tmp_path)
     create = r.Create(1, bytes(32), 1.0, 100.0, 101.0, float("inf"), None, None, ())
-    body = r.encode_header(2, 0, r.SNAPSHOT_MAGIC) + r.encode_record(create)
+    body = r.encode_header(2, 0, r.SNAPSHOT_MAGIC, version=1) + r.encode_record(create)
     body += r.encode_end(2) if tail == "miscounted" else r.encode_end(1) + r.encode_end(1)
     Path(d, snapshot_name(2)).write_bytes(body)
     Path(d, f"{2:016x}.log").write_bytes(r.encode_header(2, 2))
@@ -252,7 +252,11 @@ def test_a_stale_log_in_the_chain_is_named_by_both(tmp_path: Path) -> None:
     which check reports through the load it shares with open."""
     d = str(tmp_path)
     create = r.Create(1, bytes(32), 1.0, 100.0, 101.0, float("inf"), None, None, ())
-    snap = r.encode_header(2, 0, r.SNAPSHOT_MAGIC) + r.encode_record(create) + r.encode_end(1)
+    snap = (
+        r.encode_header(2, 0, r.SNAPSHOT_MAGIC, version=1)
+        + r.encode_record(create)
+        + r.encode_end(1)
+    )
     Path(d, snapshot_name(2)).write_bytes(snap)
     Path(d, f"{2:016x}.log").write_bytes(r.encode_header(2, 1))
     status, out = check(d)

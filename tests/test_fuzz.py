@@ -5,7 +5,14 @@ the state after some prefix of the original records, or raises
 CorruptionError or FormatError naming the file and an offset inside it:
 never another exception, never a state that no prefix had, and never
 memory out of proportion to the file. The main test runs 10,000 examples
-under the derandomized CI profile.
+under the derandomized CI profile. Snapshots are built in both formats (v1:
+CREATE records; v2: BLOCK records of a chosen size).
+
+Item blocks are decoded at first use, so a session may load and its data
+raise later; that error must name a file and an offset in it too. Damage
+that passes the checksum (a record changed, then resealed) is aimed at each
+column of a BLOCK, its count and the END count: it must be refused or load a
+consistent table, never crash.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_snapshot_v2 import BLOCK_PARTS, BlockLayout, reseal, snapshot_records
 
 import walsess
 from walsess import record as r
@@ -104,17 +112,67 @@ def mutate(buf: bytes, how: tuple[str, int, int], rng_bytes: bytes) -> bytes:
         b[0:8] = b"NOTMAGIC"
     elif kind == "future_version":
         head = bytearray(b[:28])
-        head[8:10] = (r.FORMAT_VERSION + 1).to_bytes(2, "little")
+        head[8:10] = (max(r.FORMAT_VERSION, *r.SNAPSHOT_VERSIONS) + 1).to_bytes(2, "little")
         b[:32] = bytes(head) + r.crc32c(bytes(head)).to_bytes(4, "little")
     return bytes(b)
 
 
+def check_located(exc: walsess.FileError, directory: str, files: dict[str, int]) -> None:
+    """*exc* names the store directory (a missing file) or one of *files* and an
+    offset inside it."""
+    assert exc.path is not None, exc
+    if exc.path != directory:  # a damaged file, not a missing one
+        assert exc.path in files, exc
+        assert exc.offset is not None and 0 <= exc.offset <= files[exc.path], exc
+
+
+def check_load(directory: str, files: dict[str, int], acceptable: list[Any]) -> None:
+    """Loading fails naming a file and an offset, or gives an acceptable state.
+
+    Item blocks are decoded at first use, so a checksum-valid record holding a
+    malformed one loads, and reading that session's data raises instead: that
+    error too must name one of *files* (never the directory) and an offset in it.
+    """
+    try:
+        loaded = StoreDirectory(directory, OS).load(MAX_VALUE)
+    except (walsess.CorruptionError, walsess.FormatError) as exc:  # LimitError is a FormatError
+        check_located(exc, directory, files)
+        return
+    try:
+        state = state_of(loaded.table)
+    except (walsess.CorruptionError, walsess.FormatError) as exc:
+        assert exc.path in files, exc
+        check_located(exc, directory, files)
+        return
+    assert state in acceptable
+
+
+@settings(max_examples=10_000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(records, min_size=1, max_size=8),
+    mutations,
+    st.binary(min_size=1, max_size=16),
+    st.booleans(),
+    st.sampled_from([1, 2]),
+)
+def test_mutated_log(recs: list[r.Record], how: tuple[str, int, int], junk: bytes,
+                     with_snapshot: bool, version: int) -> None:  # fmt: skip
+    with tempfile.TemporaryDirectory() as d:
+        files, base = write_mutated_log_store(d, recs, how, junk, with_snapshot, version)
+        check_load(d, files, prefix_states(recs, base))
+
+
 def write_mutated_log_store(
-    d: str, recs: list[r.Record], how: tuple[str, int, int], junk: bytes, with_snapshot: bool
+    d: str,
+    recs: list[r.Record],
+    how: tuple[str, int, int],
+    junk: bytes,
+    with_snapshot: bool,
+    version: int = r.SNAPSHOT_VERSION,
 ) -> tuple[dict[str, int], SessionTable | None]:
     """Write into *d* a store whose one log holds *recs*, mutated by *how*, after a
-    snapshot of the first record (if *with_snapshot* and it is a CREATE); returns
-    ({file: size}, the snapshot's table or None)."""
+    snapshot (format *version*) of the first record (if *with_snapshot* and it
+    is a CREATE); returns ({file: size}, the snapshot's table or None)."""
     files: dict[str, int] = {}
     base = None
     if with_snapshot:
@@ -122,8 +180,7 @@ def write_mutated_log_store(
         base = SessionTable()
         for x in snap:
             base.apply(x)
-        body = r.encode_header(1, 0, r.SNAPSHOT_MAGIC)
-        body += b"".join(map(r.encode_record, snap)) + r.encode_end(len(snap))
+        body = b"".join(snapshot_records(snap, version, generation=1))
         path = os.path.join(d, snapshot_name(1))
         with open(path, "wb") as f:
             f.write(body)
@@ -138,64 +195,114 @@ def write_mutated_log_store(
 
 
 def write_mutated_snapshot_store(
-    d: str, sessions: list[r.Create], how: tuple[str, int, int], junk: bytes
+    d: str,
+    sessions: list[r.Create],
+    how: tuple[str, int, int],
+    junk: bytes,
+    version: int = r.SNAPSHOT_VERSION,
+    block_size: int = r.BLOCK_SESSIONS,
 ) -> dict[str, int]:
-    """Write into *d* a snapshot of *sessions* mutated by *how*, and the empty log
-    after it; returns {snapshot: size}."""
-    body = r.encode_header(2, 0, r.SNAPSHOT_MAGIC)
-    body += b"".join(map(r.encode_record, sessions)) + r.encode_end(len(sessions))
+    """Write into *d* a snapshot (format *version*, blocks of *block_size*) of
+    *sessions* mutated by *how*, and the empty log after it; returns {snapshot: size}."""
+    body = b"".join(snapshot_records(sessions, version, block_size))
     bad = mutate(body, how, junk)
+    return {write_snapshot(d, bad): len(bad)}
+
+
+def write_snapshot(d: str, body: bytes) -> str:
+    """Snapshot 2 holding *body*, with the empty log 2 after it; returns its path."""
     path = os.path.join(d, snapshot_name(2))
     with open(path, "wb") as f:
-        f.write(bad)
-    log = r.encode_header(2, 2)
+        f.write(body)
     with open(os.path.join(d, f"{2:016x}.log"), "wb") as f:
-        f.write(log)
-    return {path: len(bad)}
+        f.write(r.encode_header(2, 2))
+    return path
 
 
-def check_load(directory: str, files: dict[str, int], acceptable: list[Any]) -> None:
-    try:
-        loaded = StoreDirectory(directory, OS).load(MAX_VALUE)
-    except (walsess.CorruptionError, walsess.FormatError) as exc:
-        assert exc.path is not None, exc
-        if exc.path != directory:  # a damaged file, not a missing one
-            assert exc.path in files, exc
-            assert exc.offset is not None and 0 <= exc.offset <= files[exc.path], exc
-        return
-    assert state_of(loaded.table) in acceptable
-
-
-@settings(max_examples=10_000, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.lists(records, min_size=1, max_size=8),
-    mutations,
-    st.binary(min_size=1, max_size=16),
-    st.booleans(),
-)
-def test_mutated_log(recs: list[r.Record], how: tuple[str, int, int], junk: bytes,
-                     with_snapshot: bool) -> None:  # fmt: skip
-    with tempfile.TemporaryDirectory() as d:
-        files, base = write_mutated_log_store(d, recs, how, junk, with_snapshot)
-        check_load(d, files, prefix_states(recs, base))
+# Distinct SIDs and ref keys: a snapshot holding either twice is refused whole.
+snapshot_sessions = st.lists(creates(st.integers(1, 10**6)), min_size=1, max_size=6,
+                             unique_by=(lambda c: c.sid, lambda c: c.digest[:8]))  # fmt: skip
+versions = st.sampled_from([1, 2])
+block_sizes = st.integers(1, 4)
 
 
 @settings(max_examples=1_000)
-@given(st.lists(creates(st.integers(1, 10**6)), min_size=1, max_size=6, unique_by=lambda c: c.sid),
-       mutations, st.binary(min_size=1, max_size=16))  # fmt: skip
-def test_mutated_snapshot(sessions: list[r.Create], how: tuple[str, int, int], junk: bytes) -> None:
-    """A snapshot is all or nothing: either every session loads or the open fails."""
+@given(snapshot_sessions, versions, block_sizes, mutations, st.binary(min_size=1, max_size=16))
+def test_mutated_snapshot(sessions: list[r.Create], version: int, block_size: int,
+                          how: tuple[str, int, int], junk: bytes) -> None:  # fmt: skip
+    """A snapshot (v1, or v2 in several blocks) is all or nothing: either every
+    session loads or the open fails."""
     with tempfile.TemporaryDirectory() as d:
-        files = write_mutated_snapshot_store(d, sessions, how, junk)
+        files = write_mutated_snapshot_store(d, sessions, how, junk, version, block_size)
         full = prefix_states(list(sessions))[-1]
         check_load(d, files, [full])
+
+
+# A resealed mutation aims at one of BLOCK_PARTS (the frame's count, each
+# column, the tables, the item area); in a CREATE or END record, any part but
+# the count means the payload.
+#: u32 values worth writing over a count, reference or offset: the edges.
+WORDS = [0, 1, 2, 3, 4, 255, 2**16 - 1, 2**16, 2**31, 2**32 - 1]
+
+
+def regions_of(record: bytes) -> dict[str, tuple[int, int]]:
+    if record[0] == r.Op.BLOCK:
+        return BlockLayout.of(record).regions()
+    return {"count": (1, 5), "payload": (r.RECORD_OVERHEAD - 4, len(record) - 4)}
+
+
+def reseal_mutate(records: list[bytes], which: int, part: str, at: int, bit: int,
+                  word: int | None) -> list[bytes]:  # fmt: skip
+    """*records* with one bit of *part* of record *which* flipped (or a u32 in
+    it set to *word*), and that record's CRC made right again."""
+    which = 1 + which % (len(records) - 1)  # any record but the header
+    rec = bytearray(records[which])
+    regions = regions_of(records[which])
+    start, end = regions.get(part, regions.get("payload", (0, 0)))
+    if word is not None and end - start >= 4:
+        pos = start + at % (end - start - 3)
+        rec[pos : pos + 4] = word.to_bytes(4, "little")
+    elif end > start:
+        rec[start + at % (end - start)] ^= 1 << bit
+    out = list(records)
+    out[which] = reseal(rec)
+    return out
+
+
+@settings(max_examples=1_000)
+@given(snapshot_sessions, versions, block_sizes, st.integers(0, 100), st.sampled_from(BLOCK_PARTS),
+       st.integers(0, 10**6), st.integers(0, 7), st.none() | st.sampled_from(WORDS))  # fmt: skip
+def test_resealed_snapshot(sessions: list[r.Create], version: int, block_size: int, which: int,
+                           part: str, at: int, bit: int, word: int | None) -> None:  # fmt: skip
+    """Damage no checksum catches, in every column of a BLOCK, its count, a
+    CREATE or the END count: open fails naming the snapshot and an offset in
+    it, or succeeds with a consistent table whose every session's data either
+    decodes or raises such an error. Never another exception."""
+    records = snapshot_records(sessions, version, block_size)
+    bad = b"".join(reseal_mutate(records, which, part, at, bit, word))
+    with tempfile.TemporaryDirectory() as d:
+        path = write_snapshot(d, bad)
+        files = {path: len(bad)}
+        try:
+            loaded = StoreDirectory(d, OS).load(MAX_VALUE)
+        except (walsess.CorruptionError, walsess.FormatError) as exc:
+            assert exc.path == path, exc
+            check_located(exc, d, files)
+            return
+        loaded.table._check()
+        for state in loaded.table.by_sid.values():
+            try:
+                _ = state.data
+            except (walsess.CorruptionError, walsess.FormatError) as exc:
+                assert exc.path == path, exc
+                check_located(exc, d, files)
 
 
 @settings(max_examples=200)
 @given(st.sampled_from([2**20, 2**30, 2**32 - 1]), st.integers(0, 3))
 def test_huge_lengths_allocate_nothing(length: int, which: int) -> None:
     """A length field claiming gigabytes costs no more memory than the file."""
-    recs = [r.Touch(1, 1.0, 1.0)] * 3
+    recs: list[r.Record] = [r.Touch(1, 1.0, 1.0)] * 3
     buf = bytearray(r.encode_header(1, 0) + b"".join(map(r.encode_record, recs)))
     pos = r.HEADER_SIZE + which * len(r.encode_record(recs[0])) + 5
     if pos + 4 <= len(buf):

@@ -780,7 +780,8 @@ def _decode_block(n: int, buf: bytes, start: int, end: int) -> Block:
         at += 8 * n
     user_refs = _read_column("I", mv[at : at + 4 * n])
     meta_refs = _read_column("I", mv[at + 4 * n : at + 8 * n])
-    ends = _read_column("I", mv[at + 8 * n : at + 12 * n])
+    ends_at = at + 8 * n
+    ends = _read_column("I", mv[ends_at : ends_at + 4 * n])
     at += 12 * n
     tables = []
     for width, size in (("H", 2), ("I", 4)):
@@ -809,7 +810,7 @@ def _decode_block(n: int, buf: bytes, start: int, end: int) -> Block:
     if max(meta_refs) >= len(meta_table):
         raise _malformed(f"metadata number {max(meta_refs)} is not in the table", metas_at)
     if ends[-1] != end - at or any(map(int.__gt__, ends[:-1], ends[1:])):
-        raise _malformed("item block offsets are out of order or out of range", at - 4 * n)
+        raise _malformed("item block offsets are out of order or out of range", ends_at)
     created, ttl, idle, hard = floats
     return Block(
         sids,

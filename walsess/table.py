@@ -63,17 +63,23 @@ _NEVER = 1e15  # seconds: deadlines at or past it (and NaN) are filed together, 
 
 def _expiry_key(deadline: float, sid: int) -> int:
     """Index key: the deadline in whole milliseconds (rounded down), then the SID.
-    (``min`` with ``_NEVER`` first also maps NaN to "never".)"""
-    return (math.floor(min(_NEVER, deadline) * 1000.0) << _SID_BITS) | sid
+
+    Deadlines are clamped to 0 .. ``_NEVER`` first (``min`` with ``_NEVER``
+    first also maps NaN to "never"), so that whatever a file holds, the key
+    is a non-negative int and never collides with "not indexed" (-1).
+    """
+    return (math.floor(max(0.0, min(_NEVER, deadline)) * 1000.0) << _SID_BITS) | sid
 
 
 def _expiry_keys(sids: list[int], idle: list[float], hard: list[float]) -> Iterator[int]:
     """:func:`_expiry_key` of whole columns, in C: no Python frame per session."""
     # Usually every session expires idle before its hard deadline (often inf):
     # then the idle column is the deadlines. (NaN compares false either way.)
-    soonest = idle if idle and min(hard) >= max(idle) else map(min, idle, hard)
-    deadlines = map(min, repeat(_NEVER), soonest)
-    ms = map(math.floor, map((1000.0).__mul__, deadlines))
+    soonest = idle if idle and min(hard) >= max(idle) else list(map(min, idle, hard))
+    total = sum(soonest)  # NaN if any is NaN (or both infinities are there)
+    if not (total == total and min(soonest) >= 0.0 and max(soonest) < _NEVER):
+        soonest = list(map(max, repeat(0.0), map(min, repeat(_NEVER), soonest)))
+    ms = map(math.floor, map((1000.0).__mul__, soonest))
     return map(int.__or__, map(int.__lshift__, ms, repeat(_SID_BITS)), sids)
 
 
@@ -305,7 +311,7 @@ class SessionTable:
         states = self.by_sid.values()
         self.expiry = SortedList(map(_indexed_of, states))
         by_user: dict[str, set[SessionState]] = {}
-        for st in compress(states, map(_user_of, states)):
+        for st in compress(states, map(operator.is_not, map(_user_of, states), repeat(None))):
             assert st.user is not None
             by_user.setdefault(st.user, set()).add(st)
         self.by_user = by_user
@@ -457,9 +463,18 @@ class SessionTable:
         st = SessionState(sid, digest, created_at, ttl, idle_deadline, hard_deadline, user, meta,
                           None, items, (self._reading, offset))  # fmt: skip
         by_sid = self.by_sid
+        ref = digest[:REF_BYTES]
+        other = self.by_ref.get(ref)
+        if other is not None and other.sid != sid:
+            # The store never gives two sessions one ref (revoke(ref) names one).
+            raise CorruptionError(
+                "two sessions share a ref key (the first 8 bytes of their digests)",
+                self._reading.path,
+                offset,
+            )
         if self._bulk and sid not in by_sid:
             by_sid[sid] = st  # the common case, without insert()'s generality
-            self.by_ref[digest[:REF_BYTES]] = st
+            self.by_ref[ref] = st
             self._unindexed.append(st)
             if sid >= self.next_sid:
                 self.next_sid = sid + 1 if sid < MAX_SID else 1
