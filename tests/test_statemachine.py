@@ -667,7 +667,7 @@ class StoreMachine(RuleBasedStateMachine):
             table.reading(files.log_path(g), MAX_VALUE)
             replay = replay_log(
                 files.log_path(g), OS, table.apply, table.set_key, MAX_VALUE, newest,
-                table.touch_sid, table.create_packed,
+                on_touch=table.touch_sid, on_create=table.create_packed,
             )  # fmt: skip
             assert replay.cut is None, replay.cut
             count += replay.records

@@ -82,6 +82,7 @@ def replay_log(
     set_key: Callable[[int, str, bytes], object],
     max_value: int,
     newest: bool,
+    *,
     generation: int | None = None,
     on_touch: Callable[[int, float, float], object] | None = None,
     on_create: Callable[..., object] | None = None,

@@ -29,20 +29,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import CorruptionError, FileError
+from .damage import classify_snapshot
 from .fileio import FileSystem, must_fsync, must_fsync_dir
-from .record import (
-    HEADER_SIZE,
-    SNAPSHOT_MAGIC,
-    Block,
-    End,
-    Record,
-    RecordReader,
-    decode_header,
-    encode_block,
-    encode_end,
-    encode_header,
-)
+from .record import SNAPSHOT_MAGIC, encode_block, encode_end, encode_header
 from .table import SessionTable
 
 __all__ = ["SNAPSHOT_FILE", "SnapshotWriter", "load_snapshot", "snapshot_name"]
@@ -114,59 +103,23 @@ class SnapshotWriter:
 
 def load_snapshot(path: str, fs: FileSystem, table: SessionTable, max_value: int) -> int:
     """Add every session of the snapshot at *path* to *table* (in bulk mode),
-    item blocks packed; returns how many.
+    item blocks packed; returns how many. The file is judged by
+    :func:`walsess.damage.classify_snapshot`, as ``walsess check`` judges it.
 
     Raises :class:`FormatError` or :class:`CorruptionError` naming *path* and
     the offset if the file is not a complete, valid snapshot; *table* may then
     hold some of its sessions and must be dropped.
     """
     buf = fs.read(path)
-    try:
-        header = decode_header(buf, SNAPSHOT_MAGIC)
-    except FileError as exc:
-        raise exc.located(path) from None
-    end: list[tuple[int, End]] = []
-    sessions = 0
-    wanted = Block if header.version >= 2 else None
-
-    def take(pos: int, rec: Record) -> None:
-        nonlocal sessions
-        if end:
-            raise CorruptionError("a record follows the END record", path, pos)
-        if type(rec) is wanted:
-            assert isinstance(rec, Block)
-            table.load_block(rec, path, pos, max_value)
-            sessions += len(rec.sids)
-        elif type(rec) is End:
-            end.append((pos, rec))
-        else:
-            raise CorruptionError(
-                f"a {type(rec).__name__} record in a version {header.version} snapshot", path, pos
-            )
-
-    def create(*fields: Any) -> None:
-        nonlocal sessions
-        if end:
-            raise CorruptionError("a record follows the END record", path, fields[-1])
-        table.create_packed(*fields)
-        sessions += 1
-
     table.reading(path, max_value)
-    reader = RecordReader(buf, HEADER_SIZE, max_value)
-    try:
-        reader.replay(take, on_create=create if wanted is None else None)
-    except FileError as exc:
-        raise exc if exc.path else exc.located(path) from None
-    if reader.stop is not None:
-        raise CorruptionError(f"{reader.stop.reason} (a snapshot is never torn)", path,
-                              reader.stop.offset)  # fmt: skip
-    if not end:
-        raise CorruptionError("no END record: the snapshot is incomplete", path, reader.end)
-    pos, last = end[0]
-    if last.sessions != sessions:
-        raise CorruptionError(
-            f"END says {last.sessions} sessions, the file holds {sessions}", path, pos
-        )
-    if header.generation != int(os.path.basename(path).split(".")[0], 16):
-        raise CorruptionError(f"header says generation {header.generation}", path, 12)
-    return last.sessions
+    verdict = classify_snapshot(
+        buf,
+        generation=int(os.path.basename(path).split(".")[0], 16),
+        max_value=max_value,
+        on_block=lambda pos, block: table.load_block(block, path, pos, max_value),
+        on_create=table.create_packed,
+    )
+    error = verdict.error
+    if error is not None:
+        raise error if error.path else error.located(path)
+    return verdict.sessions

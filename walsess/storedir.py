@@ -184,8 +184,8 @@ class StoreDirectory:
             path = self.log_path(g)
             table.reading(path, max_value)
             last = replay_log(
-                path, self._fs, table.apply, table.set_key, max_value, i == len(chain) - 1, g,
-                table.touch_sid, table.create_packed,
+                path, self._fs, table.apply, table.set_key, max_value, i == len(chain) - 1,
+                generation=g, on_touch=table.touch_sid, on_create=table.create_packed,
             )  # fmt: skip
             replays.append(last)
             records += last.records

@@ -17,12 +17,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .damage import (
-    GENERATION_OFFSET,
-    classify_log,
-    end_count_problem,
-    generation_problem,
-)
+from .damage import classify_log, classify_snapshot
 from .errors import FileError
 from .fileio import OS, FileSystem
 from .record import (
@@ -31,16 +26,14 @@ from .record import (
     MAX_PAYLOAD_BYTES,
     SNAPSHOT_MAGIC,
     Block,
-    Create,
-    End,
     Record,
     RecordReader,
     SessionRecord,
     block_creates,
     decode_header,
-    next_valid_record,
 )
 from .storedir import StoreDirectory
+from .table import SessionTable
 
 __all__ = ["FileReport", "iter_records", "verify_buffer", "verify_directory", "verify_file"]
 
@@ -98,56 +91,18 @@ def verify_buffer(
 
 
 def _verify_snapshot(buf: bytes, path: str, generation: int) -> FileReport:
-    def report(records: int, good_end: int, problem: str | None = None,
-               at: int | None = None) -> FileReport:  # fmt: skip
-        return FileReport(path, "snapshot", generation, len(buf), records, good_end, problem, at)
-
-    try:
-        header = decode_header(buf, SNAPSHOT_MAGIC)
-    except FileError as exc:
-        return report(0, 0, exc.reason, exc.offset)
-    ends: list[tuple[int, End]] = []
-    others: list[tuple[int, str]] = []
-    holds = Block if header.version >= 2 else Create  # a snapshot's session records
-    blocked = 0  # sessions in BLOCK records beyond one per record
-
-    def look(pos: int, rec: Record) -> None:
-        nonlocal blocked
-        if ends:
-            others.append((pos, "a record follows the END record"))
-        elif type(rec) is End:
-            ends.append((pos, rec))
-        elif type(rec) is not holds:
-            others.append((pos, f"a {type(rec).__name__} record in a snapshot"))
-        elif type(rec) is Block:
-            blocked += len(rec.sids) - 1
-
-    reader = RecordReader(buf, HEADER_SIZE, MAX_PAYLOAD_BYTES)
-    try:
-        records = reader.replay(look)
-    except FileError as exc:
-        return report(0, reader.end, exc.reason, exc.offset)
-    sessions = records + blocked - len(ends)  # the END record is not a session
-    if others:
-        pos, why = others[0]
-        return report(sessions, pos, why, pos)
-    stop = reader.stop
-    if stop is not None:
-        reason = stop.reason
-        following = next_valid_record(buf, stop.offset)
-        if following is not None:
-            reason += f"; a valid record follows at offset {following}"
-        return report(sessions, reader.end, reason, stop.offset)
-    if not ends:
-        return report(sessions, reader.end, "no END record: incomplete snapshot", reader.end)
-    pos, end = ends[0]
-    problem = end_count_problem(end.sessions, sessions)
-    if problem is not None:
-        return report(sessions, pos, problem, pos)
-    problem = generation_problem(header.generation, generation)
-    if problem is not None:
-        return report(sessions, reader.end, problem, GENERATION_OFFSET)
-    return report(sessions, reader.end)
+    # Loaded into a scratch table, as opening would: a SID or ref twice is found too.
+    table = SessionTable()
+    table.begin_bulk()
+    table.reading(path, MAX_PAYLOAD_BYTES)
+    verdict = classify_snapshot(
+        buf,
+        generation=generation,
+        on_block=lambda pos, block: table.load_block(block, path, pos, MAX_PAYLOAD_BYTES),
+        on_create=table.create_packed,
+    )
+    return FileReport(path, "snapshot", generation, len(buf), verdict.sessions, verdict.end,
+                      verdict.reason, verdict.offset)  # fmt: skip
 
 
 def verify_directory(
