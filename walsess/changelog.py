@@ -110,6 +110,8 @@ def replay_log(
         max_value=max_value,
         apply=apply,
         set_key=set_key,
+        on_touch=on_touch,
+        on_create=on_create,
     )
     if verdict.error is not None:
         raise verdict.error.located(path) from None

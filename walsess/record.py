@@ -733,10 +733,21 @@ def decode_item_block(block: bytes, max_value: int = MAX_PAYLOAD_BYTES) -> dict[
     items = _decode_items(block, 0, len(block), max_value, _KEY_CACHE, False)
     if len(_KEY_CACHE) > 4096:
         _KEY_CACHE.clear()
-    return dict(items)  # type: ignore[arg-type]
+    data: dict[str, bytes] = dict(items)  # type: ignore[arg-type]
+    # Short values repeat across sessions (flags, counters, small enums): one
+    # shared bytes object each saves ~40 bytes per value of a decoded session.
+    share = _SHORT_VALUES.setdefault
+    for key, value in data.items():
+        if len(value) <= _SHORT:
+            data[key] = share(value, value)
+    if len(_SHORT_VALUES) > 65536:
+        _SHORT_VALUES.clear()
+    return data
 
 
 _KEY_CACHE: dict[bytes, str] = {}
+_SHORT = 8
+_SHORT_VALUES: dict[bytes, bytes] = {}
 
 
 def block_creates(block: Block, max_value: int = MAX_PAYLOAD_BYTES) -> list[Create]:

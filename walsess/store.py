@@ -686,14 +686,15 @@ class Store:
                 now < st.idle_deadline and now < st.hard_deadline
             ):
                 self._live_state(st, handle._digest)
-            if len(st.data) >= rec.MAX_KEYS and key not in st.data:
-                raise _too_many_keys(len(st.data) + 1)
+            data = st.data  # decoded here if still packed: before anything is written
+            if len(data) >= rec.MAX_KEYS and key not in data:
+                raise _too_many_keys(len(data) + 1)
             try:
                 pos = self._log.append(record)
             except StorePoisoned as exc:
                 self._poison = exc
                 raise
-            st.data[key] = vb
+            data[key] = vb
             if not self._sync.dirty:
                 self._sync.appended()
             if self._log.size > self._compact_at:

@@ -464,14 +464,7 @@ class SessionTable:
                           None, items, (self._reading, offset))  # fmt: skip
         by_sid = self.by_sid
         ref = digest[:REF_BYTES]
-        other = self.by_ref.get(ref)
-        if other is not None and other.sid != sid:
-            # The store never gives two sessions one ref (revoke(ref) names one).
-            raise CorruptionError(
-                "two sessions share a ref key (the first 8 bytes of their digests)",
-                self._reading.path,
-                offset,
-            )
+        self._check_ref_free(ref, sid, self._reading.path, offset)
         if self._bulk and sid not in by_sid:
             by_sid[sid] = st  # the common case, without insert()'s generality
             self.by_ref[ref] = st
@@ -485,7 +478,18 @@ class SessionTable:
         """Name the file the next records replayed come from (for errors found later)."""
         self._reading = FileOrigin(path, max_value)
 
+    def _check_ref_free(self, ref: bytes, sid: int, path: str | None, offset: int | None) -> None:
+        """Replaying a CREATE: no other session may hold its ref key. The store
+        never gives two sessions one ref (``revoke(ref)`` names one session), so a
+        file that does is corrupt."""
+        other = self.by_ref.get(ref)
+        if other is not None and other.sid != sid:
+            raise CorruptionError(
+                "two sessions share a ref key (the first 8 bytes of their digests)", path, offset
+            )
+
     def apply_create(self, r: Create) -> SessionState:
+        self._check_ref_free(r.digest[:REF_BYTES], r.sid, None, None)
         return self.insert(
             SessionState(
                 r.sid,

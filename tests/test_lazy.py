@@ -1,0 +1,163 @@
+"""Lazily decoded sessions (issue 11): opening decodes no session's data.
+
+A session loaded from a snapshot BLOCK or replayed from a CREATE keeps its
+item block packed until it is first read or changed; changes replayed before
+then wait beside it; compaction copies an unread session's block as it is.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FakeClock
+
+import walsess
+from walsess import record as r
+from walsess.table import SessionState
+
+QUIET: dict[str, Any] = {"cleanup_interval": None, "compact_ratio": None}
+
+
+def states(store: walsess.Store) -> list[SessionState]:
+    return list(store._table.by_sid.values())
+
+
+def build(path: str, clock: FakeClock, n: int = 20, compact: bool = True) -> dict[str, Any]:
+    made = {}
+    with walsess.open(path, clock=clock, **QUIET) as store:
+        for i in range(n):
+            s = store.create({"i": i, "name": f"n{i}", "flag": i % 2 == 0}, user=f"u{i % 3}")
+            made[s.id] = s.to_dict()
+        if compact:
+            store.compact()
+    return made
+
+
+@pytest.mark.parametrize("compact", [True, False], ids=["snapshot", "log"])
+def test_open_decodes_nothing_and_a_read_decodes_one(
+    tmp_path: Path, clock: FakeClock, compact: bool
+) -> None:
+    path = str(tmp_path / "s")
+    made = build(path, clock, compact=compact)
+    with walsess.open(path, clock=clock, **QUIET) as store:
+        assert all(st.packed is not None for st in states(store))
+        token = next(iter(made))
+        got = store.get(token)
+        assert got is not None and got.to_dict() == made[token]
+        assert sum(st.packed is None for st in states(store)) == 1
+        assert {t: d for t in made if (d := store.get(t).to_dict()) is not None} == made  # type: ignore[union-attr]
+        assert all(st.packed is None and st.origin is None for st in states(store))
+
+
+def test_changes_replayed_before_the_first_read_are_kept_beside_it(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A one-key MODIFY replayed over a packed session waits beside the block;
+    the first read merges them (this once deadlocked: the merge re-entered the
+    decode lock)."""
+    path = str(tmp_path / "s")
+    with walsess.open(path, clock=clock, **QUIET) as store:
+        s = store.create({"a": 1, "b": 2})
+        store.compact()
+        s["b"] = 3  # one-key MODIFY in the log after the snapshot
+        s["c"] = 4
+        token = s.id
+    with walsess.open(path, clock=clock, **QUIET) as store:
+        (st,) = states(store)
+        assert st.packed is not None
+        result: list[dict[str, Any]] = []
+        reader = threading.Thread(target=lambda: result.append(store.get(token).to_dict()))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(10.0)
+        assert not reader.is_alive(), "the first read of a session with replayed changes hung"
+        assert result == [{"a": 1, "b": 3, "c": 4}]
+
+
+def test_compaction_copies_an_unread_session_as_it_is(tmp_path: Path, clock: FakeClock) -> None:
+    path = str(tmp_path / "s")
+    made = build(path, clock)
+    first = next(Path(path).glob("*.snap")).read_bytes()
+    with walsess.open(path, clock=clock, **QUIET) as store:
+        before = [st.items() for st in states(store)]
+        c = store.compact()
+        assert all(st.packed is not None for st in states(store)), "compaction decoded"
+    second = (Path(path) / f"{c.generation:016x}.snap").read_bytes()
+    old_blocks = [b for _, b in r.RecordReader(first) if isinstance(b, r.Block)]
+    new_blocks = [b for _, b in r.RecordReader(second) if isinstance(b, r.Block)]
+    assert [r.block_items(b) for b in new_blocks] == [r.block_items(b) for b in old_blocks]
+    assert sorted(before) == sorted(i for b in new_blocks for i in r.block_items(b))
+    with walsess.open(path, clock=clock, **QUIET) as store:
+        assert {t: store.get(t).to_dict() for t in made} == made  # type: ignore[union-attr]
+
+
+def test_concurrent_first_reads_and_writes_agree(tmp_path: Path, clock: FakeClock) -> None:
+    path = str(tmp_path / "s")
+    made = build(path, clock, n=50)
+    with walsess.open(path, clock=clock, **QUIET) as store:
+        tokens = list(made)
+        start = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def reader(k: int) -> None:
+            start.wait()
+            try:
+                for t in tokens[k::2]:
+                    s = store.get(t)
+                    assert s is not None
+                    assert s["i"] == made[t]["i"]
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        def writer(k: int) -> None:
+            start.wait()
+            try:
+                for t in tokens[k::2]:
+                    s = store.get(t)
+                    assert s is not None
+                    s["w"] = k
+            except BaseException as exc:  # pragma: no cover
+                errors.append(exc)
+
+        threads = [threading.Thread(target=reader, args=(k % 2,)) for k in range(4)]
+        threads += [threading.Thread(target=writer, args=(k % 2,)) for k in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30.0)
+        assert not errors, errors
+        for t in tokens:
+            s = store.get(t)
+            assert s is not None and s.to_dict() == {**made[t], "w": tokens.index(t) % 2}
+    with walsess.open(path, clock=clock, **QUIET) as store:
+        assert all(store.get(t)["w"] == tokens.index(t) % 2 for t in tokens)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_open_leaves_the_garbage_collector_as_it_found_it(
+    tmp_path: Path, clock: FakeClock, enabled: bool
+) -> None:
+    path = str(tmp_path / "s")
+    build(path, clock, n=5)
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        with walsess.open(path, clock=clock, **QUIET):
+            assert gc.isenabled() == enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_open_keeps_objects_the_application_froze_frozen(tmp_path: Path, clock: FakeClock) -> None:
+    path = str(tmp_path / "s")
+    build(path, clock, n=5)
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with walsess.open(path, clock=clock, **QUIET):
+            assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
