@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -201,6 +202,84 @@ def test_progress_draws_on_a_terminal_and_erases_itself() -> None:
     assert "[" + "#" * 30 + "] 2/2 snapshot" in term.getvalue()
     bar.finish()
     assert term.getvalue().endswith("\r" + " " * 100 + "\r")
+
+
+def test_progress_in_percent_follows_a_changing_total() -> None:
+    term = _Terminal()
+    bar = Progress(0, "opening", stream=term, percent=True)
+    bar.update(0, total=200)
+    assert term.getvalue().endswith("] " + "  0% " + " " * 40)
+    bar.update(50)
+    assert "[" + "#" * 7 + "." * 23 + "]  25% " in term.getvalue()
+    bar.update(300, total=100)  # a total may be overtaken (a file grew): never past 100%
+    assert term.getvalue().endswith("[" + "#" * 30 + "] 100% " + " " * 40)
+
+
+_FRAME = re.compile(r"\r(checking|opening) \[[#.]{30}\] +(\d+)(%|/\d+) ")
+
+
+def _frames(drawn: str) -> list[tuple[str, str]]:
+    """(label, count) of every frame of the bars drawn, e.g. ("opening", "100%")."""
+    return [(m[1], m[2] + m[3]) for m in _FRAME.finditer(drawn)]
+
+
+def _store_bytes(path: str) -> int:
+    return sum(p.stat().st_size for p in Path(path).iterdir() if p.suffix in (".log", ".snap"))
+
+
+def _stdout(command: list[str], stderr: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> str:
+    """What ``walsess *command*`` prints, with *stderr* as sys.stderr; stats'
+    load_seconds (a measurement) is left out so outputs compare."""
+    monkeypatch.setattr(sys, "stderr", stderr)
+    out = io.StringIO()
+    assert main(command, out) == 0
+    return re.sub(r'(load_seconds"?:? +)[0-9.e-]+', r"\1T", out.getvalue())
+
+
+@pytest.mark.parametrize("command", ["check", "stats"])
+def test_a_big_store_shows_opening_progress_on_a_terminal(
+    built: tuple[str, dict[str, dict[str, object]]], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Issue 11: check and stats draw a bar on stderr while they read a store
+    above PROGRESS_MIN_BYTES, from 0% to 100% of its bytes, then erase it;
+    stdout is the same as without one."""
+    path, _ = built
+    monkeypatch.setattr(cli_module, "PROGRESS_MIN_BYTES", _store_bytes(path) - 1)
+    plain = _stdout([command, path], io.StringIO(), monkeypatch)
+    term = _Terminal()
+    assert _stdout([command, path], term, monkeypatch) == plain
+    frames = _frames(term.getvalue())
+    opening = [count for label, count in frames if label == "opening"]
+    # One frame before the first file and one after each (a snapshot and a log).
+    assert opening == ["0%", opening[1], "100%"] and 0 < int(opening[1][:-1]) < 100
+    checking = [count for label, count in frames if label == "checking"]
+    assert checking == (["1/2", "2/2"] if command == "check" else [])
+    assert term.getvalue().endswith("\r" + " " * 100 + "\r")
+
+
+@pytest.mark.parametrize(
+    "command, tty, above",
+    [
+        (["check"], False, True),  # stderr not a terminal
+        (["stats"], False, True),
+        (["check"], True, False),  # a small store
+        (["stats"], True, False),
+        (["stats", "--json"], True, True),  # --json: never
+    ],
+)
+def test_no_progress_off_a_terminal_for_a_small_store_or_with_json(
+    built: tuple[str, dict[str, dict[str, object]]],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    tty: bool,
+    above: bool,
+) -> None:
+    path, _ = built
+    size = _store_bytes(path)
+    monkeypatch.setattr(cli_module, "PROGRESS_MIN_BYTES", size - 1 if above else size)
+    stderr = _Terminal() if tty else io.StringIO()
+    _stdout([*command, path], stderr, monkeypatch)
+    assert stderr.getvalue() == ""
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:

@@ -700,3 +700,49 @@ def test_walsess_stats_shows_what_an_open_reads_and_how_long_it_took(tmp_path: P
     lines = dict(line.split(None, 1) for line in out.getvalue().splitlines())
     assert lines["sessions_read"] == "6"
     assert float(lines["load_seconds"]) >= 0
+
+
+def test_loading_reports_progress_per_file_in_bytes(tmp_path: Path) -> None:
+    """Issue 11: load and recover tell *progress* (bytes read, bytes to read):
+    once before reading and once after each file of the state, never per record."""
+    # Imported here: this file's imports are shared with other work in progress.
+    from walsess.fileio import OS
+    from walsess.storedir import StoreDirectory
+
+    path = str(tmp_path / "s")
+    _store_with_snapshot_and_log(path)
+    (snap,) = sorted(Path(path).glob("*.snap"))
+    logs = sorted(Path(path).glob("*.log"))
+    # Only the log paired with the snapshot, not a stale older one, is read.
+    read = [p for p in logs if p.name >= snap.with_suffix(".log").name]
+    assert len(read) == 1
+    total = snap.stat().st_size + read[0].stat().st_size
+    expected = [(0, total), (snap.stat().st_size, total), (total, total)]
+    files = StoreDirectory(path, OS)
+    calls: list[tuple[int, int]] = []
+    loaded = files.load(1 << 20, progress=lambda done, total: calls.append((done, total)))
+    assert calls == expected and len(loaded.table) == 6
+    calls.clear()
+    _table, log, _recovery = files.recover(1 << 20, progress=lambda d, t: calls.append((d, t)))
+    log.close()
+    assert calls == expected
+
+
+def test_loading_logs_only_reports_each_log(tmp_path: Path) -> None:
+    from walsess.changelog import ChangeLog
+    from walsess.fileio import OS
+    from walsess.storedir import StoreDirectory
+
+    path = str(tmp_path / "s")
+    with walsess.open(path, clock=_Clock(), **QUIET) as store:
+        store.create({"i": 1})
+    # Two more logs, with no snapshot between: a chain of three read in turn.
+    log = ChangeLog.create(path, OS, 2, follows=0)
+    log.rotate(follows=0)
+    log.close()
+    sizes = [p.stat().st_size for p in sorted(Path(path).glob("*.log"))]
+    assert len(sizes) == 3
+    calls: list[tuple[int, int]] = []
+    StoreDirectory(path, OS).load(1 << 20, progress=lambda d, t: calls.append((d, t)))
+    done = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    assert calls == [(d, sum(sizes)) for d in done]

@@ -28,10 +28,15 @@ from .options import Options
 from .progress import Progress
 from .repair import RepairStep, repair_store
 from .snapshot import SNAPSHOT_FILE
-from .storedir import StoreDirectory
+from .storedir import Loaded, StoreDirectory
 from .verify import iter_records, verify_directory
 
-__all__ = ["main"]
+__all__ = ["PROGRESS_MIN_BYTES", "main"]
+
+#: check and stats draw a progress bar on stderr only for a store whose
+#: snapshot and log files total more than this many bytes (smaller ones open
+#: in well under a second), and only when stderr is a terminal.
+PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 
 
 class UsageError(Exception):
@@ -46,11 +51,36 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _sessions(directory: str) -> int | WalsessError:
+def _bar_stream(directory: str, quiet: bool = False) -> TextIO | None:
+    """stderr if progress should be drawn there: it is a terminal, *quiet* (--json)
+    is not set and the store is bigger than :data:`PROGRESS_MIN_BYTES`; else None.
+    Cost: one ``stat`` per file."""
+    stream = sys.stderr
+    if quiet or not stream.isatty():
+        return None
+    return stream if sum(StoreDirectory(directory, OS).sizes()) > PROGRESS_MIN_BYTES else None
+
+
+def _load(directory: str, bar_stream: TextIO | None) -> Loaded:
+    """:meth:`StoreDirectory.load` of *directory*, with a bar on *bar_stream*
+    (erased when done) if it is not None."""
+    files = StoreDirectory(directory, OS)
+    if bar_stream is None:
+        return files.load(rec.MAX_PAYLOAD_BYTES)
+    bar = Progress(0, "opening", bar_stream, percent=True)
+    try:
+        return files.load(
+            rec.MAX_PAYLOAD_BYTES, progress=lambda done, total: bar.update(done, total=total)
+        )
+    finally:
+        bar.finish()
+
+
+def _sessions(directory: str, bar_stream: TextIO | None) -> int | WalsessError:
     """The sessions an open would read, or why the files do not open (what
     ties them together: snapshot choice, log chain, each log's ``follows``)."""
     try:
-        return len(StoreDirectory(directory, OS).load(rec.MAX_PAYLOAD_BYTES).table)
+        return len(_load(directory, bar_stream).table)
     except WalsessError as exc:
         return exc
 
@@ -60,20 +90,21 @@ def _sessions(directory: str) -> int | WalsessError:
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     directory = args.dir
+    bar_stream = _bar_stream(directory)
     bar: list[Progress] = []
 
     def show(total: int, path: str) -> None:
         if not bar:
-            bar.append(Progress(total, "checking"))
+            bar.append(Progress(total, "checking", bar_stream))
         if path:
             bar[0].step(os.path.basename(path))
 
-    reports = verify_directory(directory, progress=show)
+    reports = verify_directory(directory, progress=None if bar_stream is None else show)
     if bar:
         bar[0].finish()
     records = sum(r.records for r in reports)
     size = sum(r.size for r in reports)
-    sessions = _sessions(directory)
+    sessions = _sessions(directory, bar_stream)
     shown = "?" if isinstance(sessions, WalsessError) else f"{sessions:,}"
     out.write(
         f"{directory}: {len(reports)} files, {records:,} records, {shown} sessions, {_size(size)}\n"
@@ -197,11 +228,11 @@ def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
-    d = StoreDirectory(args.dir, OS)
+    bar_stream = _bar_stream(args.dir, quiet=args.json)
     started = time.monotonic()
-    loaded = d.load(rec.MAX_PAYLOAD_BYTES)
+    loaded = _load(args.dir, bar_stream)
     seconds = time.monotonic() - started
-    snap_bytes, log_bytes = d.sizes()
+    snap_bytes, log_bytes = StoreDirectory(args.dir, OS).sizes()
     table = loaded.table
     now = time.time()
     live = sum(1 for st in table.by_sid.values() if st.live_at(now))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic
 
@@ -30,7 +31,11 @@ from .fileio import FileSystem, must_fsync_dir
 from .snapshot import SNAPSHOT_FILE, load_snapshot, snapshot_name
 from .table import SessionTable
 
-__all__ = ["Loaded", "Recovery", "StoreDirectory"]
+__all__ = ["LoadProgress", "Loaded", "Recovery", "StoreDirectory"]
+
+#: Told how far a load has got: ``progress(bytes_done, bytes_total)`` (see
+#: :meth:`StoreDirectory.load`).
+LoadProgress = Callable[[int, int], object]
 
 _TMP_FILE = re.compile(r"^[0-9a-f]{16}\.(log|snap)\.tmp$")
 
@@ -111,10 +116,17 @@ class StoreDirectory:
 
     # -- recovery ------------------------------------------------------------------
 
-    def load(self, max_value: int) -> Loaded:
+    def load(self, max_value: int, *, progress: LoadProgress | None = None) -> Loaded:
         """Read the state without changing any file: the newest valid snapshot whose
         log chain is complete, and the logs after it. Safe while another process
         has the store open (a torn tail is reported, not cut).
+
+        *progress*, if given, is called with (bytes read, bytes to read): with 0
+        before the first file, after each file (the snapshot, then each log), and
+        last with both equal. It is called per file, never per record, so it
+        costs one ``stat`` and one call a file; a single big file shows no
+        progress until it is read. Falling back past a damaged snapshot starts
+        the count again with the files of the older state.
 
         The cyclic garbage collector is paused meanwhile: loading makes millions
         of objects and no cycles, and each automatic collection would walk the
@@ -124,7 +136,7 @@ class StoreDirectory:
         paused = gc.isenabled()
         gc.disable()
         try:
-            return self._load(max_value)
+            return self._load(max_value, progress)
         finally:
             if paused:
                 if gc.get_freeze_count() == 0:
@@ -136,7 +148,7 @@ class StoreDirectory:
                     gc.unfreeze()
                 gc.enable()
 
-    def _load(self, max_value: int) -> Loaded:
+    def _load(self, max_value: int, progress: LoadProgress | None) -> Loaded:
         fs = self._fs
         logs = self.logs()
         snaps = self.snapshots()
@@ -160,20 +172,23 @@ class StoreDirectory:
                 if first_error is None:
                     first_error = CorruptionError(f"log generation {s} is missing", self.path)
                 continue
+            snapshot = self.snapshot_path(s)
+            meter = _Meter(progress, ([snapshot] if s else []) + [self.log_path(g) for g in chain])
             table = SessionTable()
             table.begin_bulk()
             loaded = 0
             if s:
                 try:
-                    loaded = load_snapshot(self.snapshot_path(s), fs, table, max_value)
+                    loaded = load_snapshot(snapshot, fs, table, max_value)
                 except FileError as exc:
                     if first_error is None:
                         first_error = exc
-                    skipped.append(f"{self.snapshot_path(s)}: {exc.reason}")
+                    skipped.append(f"{snapshot}: {exc.reason}")
                     continue
+                meter.read(snapshot)
             # Falling back past a damaged newer snapshot is safe only because this
             # older one comes with a complete chain of logs: the full state.
-            return self._replay(table, s, loaded, chain, skipped, max_value)
+            return self._replay(table, s, loaded, chain, skipped, max_value, meter)
         assert first_error is not None
         raise first_error
 
@@ -185,6 +200,7 @@ class StoreDirectory:
         chain: list[int],
         skipped: list[str],
         max_value: int,
+        meter: _Meter,
     ) -> Loaded:
         records = 0
         replays: list[LogReplay] = []
@@ -202,18 +218,22 @@ class StoreDirectory:
             problem = None if last.header is None else follows_problem(last.header.follows, g, s)
             if problem is not None:
                 raise CorruptionError(problem, path, FOLLOWS_OFFSET)
+            meter.read(path)
         table.end_bulk()
         return Loaded(table, s, loaded, records, tuple(replays), tuple(skipped))
 
-    def recover(self, max_value: int) -> tuple[SessionTable, ChangeLog, Recovery]:
-        """:meth:`load`, then make the directory writable: remove temporary and
-        stale files, cut a torn tail, and open the newest log for append."""
+    def recover(
+        self, max_value: int, *, progress: LoadProgress | None = None
+    ) -> tuple[SessionTable, ChangeLog, Recovery]:
+        """:meth:`load` (which reports to *progress*), then make the directory
+        writable: remove temporary and stale files, cut a torn tail, and open the
+        newest log for append."""
         started = monotonic()
         fs = self._fs
         removed = [os.path.join(self.path, n) for n in os.listdir(self.path) if _TMP_FILE.match(n)]
         for path in removed:
             fs.unlink(path)
-        loaded = self.load(max_value)
+        loaded = self.load(max_value, progress=progress)
         s = loaded.snapshot
         if not loaded.logs:
             log = ChangeLog.create(self.path, fs, s or 1, follows=s)
@@ -252,6 +272,29 @@ class Loaded:
     records: int
     logs: tuple[LogReplay, ...]
     skipped: tuple[str, ...]
+
+
+class _Meter:
+    """Turns "this file is read" into ``progress(bytes done, bytes total)`` calls;
+    does nothing (not even a ``stat``) when *progress* is None.
+
+    The sizes are taken once, before reading, so the count ends exactly at
+    the total (after the last file, or at once when there is none) even while
+    another process appends to the newest log.
+    """
+
+    def __init__(self, progress: LoadProgress | None, paths: list[str]) -> None:
+        self._progress = progress
+        self._sizes = {} if progress is None else {path: _size(path) for path in paths}
+        self._total = sum(self._sizes.values())
+        self._done = 0
+        if progress is not None:
+            progress(0, self._total)
+
+    def read(self, path: str) -> None:
+        if self._progress is not None:
+            self._done += self._sizes[path]
+            self._progress(self._done, self._total)
 
 
 def _size(path: str) -> int:
