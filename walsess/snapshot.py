@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .damage import classify_snapshot
 from .fileio import FileSystem, must_fsync, must_fsync_dir
-from .record import SNAPSHOT_MAGIC, encode_block, encode_end, encode_header
+from .record import SNAPSHOT_MAGIC, Block, encode_block, encode_end, encode_header
 from .table import SessionTable
 
 __all__ = ["SNAPSHOT_FILE", "SnapshotWriter", "load_snapshot", "snapshot_name"]
@@ -101,10 +101,17 @@ class SnapshotWriter:
             pass
 
 
-def load_snapshot(path: str, fs: FileSystem, table: SessionTable, max_value: int) -> int:
+def load_snapshot(
+    path: str,
+    fs: FileSystem,
+    table: SessionTable,
+    max_value: int,
+    progress: Callable[[int], object] | None = None,
+) -> int:
     """Add every session of the snapshot at *path* to *table* (in bulk mode),
     item blocks packed; returns how many. The file is judged by
     :func:`walsess.damage.classify_snapshot`, as ``walsess check`` judges it.
+    *progress*, if given, is called with the offset of each block as it is loaded.
 
     Raises :class:`FormatError` or :class:`CorruptionError` naming *path* and
     the offset if the file is not a complete, valid snapshot; *table* may then
@@ -112,11 +119,20 @@ def load_snapshot(path: str, fs: FileSystem, table: SessionTable, max_value: int
     """
     buf = fs.read(path)
     table.reading(path, max_value)
+
+    def add(pos: int, block: Block) -> None:
+        table.load_block(block, path, pos, max_value)
+
+    def add_and_tell(pos: int, block: Block) -> None:
+        table.load_block(block, path, pos, max_value)
+        assert progress is not None
+        progress(pos)
+
     verdict = classify_snapshot(
         buf,
         generation=int(os.path.basename(path).split(".")[0], 16),
         max_value=max_value,
-        on_block=lambda pos, block: table.load_block(block, path, pos, max_value),
+        on_block=add if progress is None else add_and_tell,
         on_create=table.create_packed,
     )
     error = verdict.error

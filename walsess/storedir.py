@@ -179,7 +179,7 @@ class StoreDirectory:
             loaded = 0
             if s:
                 try:
-                    loaded = load_snapshot(snapshot, fs, table, max_value)
+                    loaded = load_snapshot(snapshot, fs, table, max_value, meter.within(snapshot))
                 except FileError as exc:
                     if first_error is None:
                         first_error = exc
@@ -295,6 +295,14 @@ class _Meter:
         if self._progress is not None:
             self._done += self._sizes[path]
             self._progress(self._done, self._total)
+
+    def within(self, path: str) -> Callable[[int], object] | None:
+        """A callback for offsets reached inside *path* (per snapshot block), or None."""
+        progress = self._progress
+        if progress is None:
+            return None
+        done, total, size = self._done, self._total, self._sizes[path]
+        return lambda offset: progress(done + min(offset, size), total)
 
 
 def _size(path: str) -> int:
