@@ -8,11 +8,12 @@
   the kernel does at exit happens (its descriptors are closed, which releases
   the directory lock). Reopening must give exactly the state before the
   compaction. A second variant writes to the store from inside the snapshot
-  writes (with ``_COMPACT_CHUNK`` = 3, between chunks): every acknowledged
-  change must survive a crash at any call, the writers' own appends included.
+  writes (with ``walsess.compaction.CHUNK_SESSIONS`` = 3, between chunks):
+  every acknowledged change must survive a crash at any call, the writers'
+  own appends included.
 * Fuzzy snapshot: hypothesis picks writes of every kind to interleave between
-  the chunks of a snapshot (``_COMPACT_CHUNK`` 1..4); after the compaction a
-  reopen must give the state the store held at close (idle deadlines between
+  the chunks of a snapshot (``walsess.compaction.CHUNK_SESSIONS`` 1..4); after
+  the compaction a reopen must give the state the store held at close (idle deadlines between
   the logged and the in-memory one, as documented). Half the examples make
   creates reuse freed SIDs (as after the SID space wrapped), so a chunk can
   find a different session under a SID listed at the rotation.
@@ -49,8 +50,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import walsess
+from walsess import compaction
 from walsess import record as wrecord
-from walsess import store as store_mod
 from walsess.fileio import FileSystem
 from walsess.record import MAX_SID, Block, End, RecordReader
 from walsess.tokens import digest
@@ -232,7 +233,7 @@ class FaultFS(FileSystem):
         self.fds.clear()
         store._log._fd = None  # the numbers may be reused: the dead store must not touch them
         store._dirlock._fd = None
-        store._closed = True
+        store.closed = True
 
 
 @dataclass
@@ -347,7 +348,7 @@ def crash_trial(directory: str, crash_at: int | None, writers: bool) -> Trial:
 def test_crash_at_every_call_of_a_compaction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writers: bool
 ) -> None:
-    monkeypatch.setattr(store_mod, "_COMPACT_CHUNK", 3)
+    monkeypatch.setattr(compaction, "CHUNK_SESSIONS", 3)
     monkeypatch.setattr(wrecord, "BLOCK_SESSIONS", 3)  # a block per chunk: many writes
     reference = crash_trial(str(tmp_path / "reference" / "store"), None, writers)
     calls = reference.calls
@@ -452,7 +453,7 @@ def test_fuzzy_snapshot_with_writes_between_chunks(
     reuse_sids: bool,
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(store_mod, "_COMPACT_CHUNK", chunk)
+        mp.setattr(compaction, "CHUNK_SESSIONS", chunk)
         mp.setattr(wrecord, "BLOCK_SESSIONS", chunk)
         path = os.path.join(tmp, "store")
         clock = FakeClock()

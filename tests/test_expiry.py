@@ -223,7 +223,7 @@ def test_background_cleanup_runs_gc_in_its_thread(store_dir: str, clock: FakeClo
     )
     s = store.create({"x": 1}, ttl=10.0)
     keep = store.create(ttl=1000.0)
-    cleaner = store._cleaner
+    cleaner = store._expiry.cleaner
     assert cleaner is not None and cleaner.is_alive() and cleaner.name == "walsess-cleanup"
     clock.advance(11)
     assert wait_for(lambda: bool(seen)), "the cleanup thread never collected the session"
@@ -240,13 +240,13 @@ def test_close_and_stop_cleanup_stop_the_thread_promptly(store_dir: str, clock: 
     store = walsess.open(
         store_dir, clock=clock, cleanup_interval=3600.0, durability="never", compact_ratio=None
     )
-    cleaner = store._cleaner
+    cleaner = store._expiry.cleaner
     assert cleaner is not None and cleaner.is_alive()
     run_bounded(store.close)
     assert not cleaner.is_alive()
 
     store = walsess.open(store_dir, clock=clock, cleanup_interval=0.01, durability="never")
-    cleaner = store._cleaner
+    cleaner = store._expiry.cleaner
     assert cleaner is not None
     seen: list[tuple[str, str]] = []
     store.on_destroy(lambda info, why: seen.append((why, threading.current_thread().name)))
@@ -268,7 +268,7 @@ def test_failing_gc_round_is_logged_and_the_thread_goes_on(
         store_dir, clock=clock, cleanup_interval=0.01, durability="never", compact_ratio=None
     )
     rounds = 0
-    real_gc = store.gc
+    real_gc = store._expiry.gc
 
     def flaky() -> int:
         nonlocal rounds
@@ -277,7 +277,7 @@ def test_failing_gc_round_is_logged_and_the_thread_goes_on(
             raise RuntimeError("gc failed on purpose")
         return real_gc()
 
-    store.gc = flaky  # type: ignore[method-assign]  # the thread calls self.gc()
+    store._expiry.gc = flaky  # type: ignore[method-assign]  # the cleanup thread calls it
     seen: list[str] = []
     store.on_destroy(lambda info, why: seen.append(why))
     store.create(ttl=10.0)
@@ -287,7 +287,7 @@ def test_failing_gc_round_is_logged_and_the_thread_goes_on(
     failed = [r for r in caplog.records if "background gc" in r.getMessage()]
     assert failed and failed[0].exc_info is not None
     assert failed[0].exc_info[0] is RuntimeError
-    assert store._cleaner is not None and store._cleaner.is_alive()
+    assert store._expiry.cleaner is not None and store._expiry.cleaner.is_alive()
     run_bounded(store.close)
 
 

@@ -73,7 +73,7 @@ import flask
 from flask.sessions import SessionInterface, SessionMixin
 
 from .codec import PickleCodec
-from .request import _KEEP, Action, RequestSession, cookie_finder
+from .request import KEEP, Action, RequestSession, cookie_finder
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
@@ -298,7 +298,7 @@ def _current() -> FlaskSession:
     return view
 
 
-def regenerate(*, user: Any = _KEEP) -> None:
+def regenerate(*, user: Any = KEEP) -> None:
     """Give the current request's session a new token now, keeping its data: call it at login.
 
     The old token stops working at once; the response carries the new cookie.

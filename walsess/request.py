@@ -59,18 +59,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import SessionNotFound, ValidationError
-from .session import _MISSING
+from .session import MISSING
 
 if TYPE_CHECKING:
     from .session import Session
     from .store import Store
 
-__all__ = ["Action", "Outcome", "RequestSession", "cookie_finder"]
+__all__ = ["KEEP", "Action", "Outcome", "RequestSession", "cookie_finder"]
 
 log = logging.getLogger("walsess")
 
-#: "No user given" to regenerate: the same default as Store.regenerate's, passed through.
-_KEEP: Any = _MISSING
+#: "No user given" to regenerate: keep the owner. The same object as
+#: Store.regenerate's default, so it is passed through as it is.
+KEEP: Any = MISSING
 #: A key loaded from the store whose value this request has not decoded yet.
 _UNREAD: Any = object()
 
@@ -167,7 +168,7 @@ class RequestSession(MutableMapping[str, Any]):
         self._data: dict[str, Any] = {}
         self._regenerated = False
         self._destroyed = False
-        self._user: Any = _KEEP
+        self._user: Any = KEEP
 
     # -- loading ------------------------------------------------------------------
 
@@ -260,7 +261,7 @@ class RequestSession(MutableMapping[str, Any]):
 
     # -- login and logout -------------------------------------------------------------
 
-    def regenerate(self, *, user: Any = _KEEP) -> None:
+    def regenerate(self, *, user: Any = KEEP) -> None:
         """Give the session a new token now, keeping its data (call it at login).
 
         The old token stops working at once. With *user* (a str, or None), the
@@ -270,7 +271,7 @@ class RequestSession(MutableMapping[str, Any]):
         and *user* anyway.
         """
         self._load()
-        if user is not _KEEP:
+        if user is not KEEP:
             self._user = user
         handle = self._handle
         if handle is not None:
@@ -343,7 +344,7 @@ class RequestSession(MutableMapping[str, Any]):
                 return Outcome(Action.DELETE) if self._destroyed and self._token else _NOTHING
             # A new session: never under the client's token (no fixation).
             meta = None if self._meta is None else self._meta()
-            user = None if self._user is _KEEP else self._user
+            user = None if self._user is KEEP else self._user
             # With no stored session the view holds no unread (still encoded) values.
             handle = store.create(dict(self._data), ttl=ttl, user=user, meta=meta)
             self._handle = handle

@@ -10,20 +10,19 @@ expired, every use raises :class:`SessionNotFound`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import SessionNotFound, ValidationError
 from .table import SessionState
 from .tokens import ref_of
 
-if TYPE_CHECKING:
-    from .store import Store
+__all__ = ["MISSING", "Session", "SessionBackend", "SessionInfo"]
 
-__all__ = ["Session", "SessionInfo"]
-
-_MISSING: Any = object()
+#: "No value": as a value in :meth:`SessionBackend.modify`'s items it deletes
+#: the key; as the default of ``Store.regenerate(user=)`` it keeps the owner.
+MISSING: Any = object()
 
 
 def _pairs(data: object) -> list[tuple[Any, Any]]:
@@ -58,6 +57,68 @@ class SessionInfo:
     data: dict[str, Any] | None = None
 
 
+class SessionBackend(Protocol):
+    """What a :class:`Session` needs from its store: all it ever touches.
+
+    :class:`~walsess.store.Store` implements it. *state* and *digest* are
+    what the handle holds: the session's table entry and the digest of the
+    token it was found by; every call checks the session still belongs to
+    that digest and is live, else raises :class:`SessionNotFound` (or the
+    closed store's error). Changes are validated, logged and applied as one
+    record each, under the store lock. The state, digest and change
+    arguments are positional.
+
+    ``clock``, ``closed``, ``decode`` and ``decode_all`` are plain
+    attributes on the store, not methods or properties: a read through a
+    handle uses them directly, without an extra Python call.
+    """
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The store's clock (seconds since the epoch)."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the store is closed (or unusable in a forked child)."""
+
+    @property
+    def decode(self) -> Callable[[bytes], Any]:
+        """Decode one stored value with the store's codec."""
+
+    @property
+    def decode_all(self) -> Callable[[Mapping[str, bytes]], dict[str, Any]]:
+        """Decode a whole key -> stored bytes mapping."""
+
+    def live_state(self, state: SessionState, digest: bytes, /) -> SessionState:
+        """*state* if it still belongs to *digest* and is live, else raise."""
+
+    def set_key(self, state: SessionState, digest: bytes, key: str, value: Any, /) -> None:
+        """Set one key: one record."""
+
+    def modify(
+        self,
+        state: SessionState,
+        digest: bytes,
+        clear: bool,
+        items: Iterable[tuple[Any, Any]],
+        /,
+        must_exist: str | None = None,
+    ) -> None:
+        """Clear first if *clear*, then set each key (delete it for :data:`MISSING`):
+        one record. :class:`KeyError` if *must_exist* is given and absent."""
+
+    def modify_encoded(
+        self,
+        state: SessionState,
+        digest: bytes,
+        clear: bool,
+        changes: list[tuple[str, bytes | None]],
+        /,
+        must_exist: str | None = None,
+    ) -> None:
+        """Set each key to already-encoded bytes, or delete it (None): one record."""
+
+
 class Session(MutableMapping[str, Any]):
     """One session's data and attributes.
 
@@ -74,7 +135,11 @@ class Session(MutableMapping[str, Any]):
     __slots__ = ("_digest", "_state", "_store", "id")
 
     def __init__(
-        self, store: Store, state: SessionState, token: str, digest: bytes | None = None
+        self,
+        store: SessionBackend,
+        state: SessionState,
+        token: str,
+        digest: bytes | None = None,
     ) -> None:
         self._store = store
         self._state = state
@@ -87,13 +152,13 @@ class Session(MutableMapping[str, Any]):
     def _live(self) -> SessionState:
         st = self._state
         store = self._store
-        now = store._clock()
+        now = store.clock()
         if (
             st.digest is not self._digest
-            or store._closed
+            or store.closed
             or not (now < st.idle_deadline and now < st.hard_deadline)
         ):
-            return store._live_state(st, self._digest)  # raises the right error
+            return store.live_state(st, self._digest)  # raises the right error
         return st
 
     # -- attributes ---------------------------------------------------------
@@ -135,13 +200,13 @@ class Session(MutableMapping[str, Any]):
             raw = data[key]
         except TypeError:  # an unhashable key: not one of this session's str keys
             raise KeyError(key) from None
-        return self._store._decode(raw)
+        return self._store.decode(raw)
 
     def get(self, key: str, default: Any = None) -> Any:
         if not isinstance(key, str):  # not one of this session's keys (maybe unhashable)
             return default
         raw = self._live().data.get(key)
-        return default if raw is None else self._store._decode(raw)
+        return default if raw is None else self._store.decode(raw)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key in self._live().data
@@ -153,24 +218,24 @@ class Session(MutableMapping[str, Any]):
         return iter(list(self._live().data))
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._store._set(self, key, value)
+        self._store.set_key(self._state, self._digest, key, value)
 
     def __delitem__(self, key: str) -> None:
-        self._store._modify(self, False, ((key, _MISSING),), must_exist=key)
+        self._store.modify(self._state, self._digest, False, ((key, MISSING),), must_exist=key)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set several keys in one record: all of them, or (on any error) none."""
         items = _pairs(other)
         items.extend(kwargs.items())
-        self._store._modify(self, False, items)
+        self._store.modify(self._state, self._digest, False, items)
 
     def clear(self) -> None:
         """Remove every key, as one record."""
-        self._store._modify(self, True, ())
+        self._store.modify(self._state, self._digest, True, ())
 
     def replace(self, data: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
         """Make the data exactly *data*, as one record (clear, then set each key)."""
-        self._store._modify(self, True, _pairs(data))
+        self._store.modify(self._state, self._digest, True, _pairs(data))
 
     def encoded(self) -> dict[str, bytes]:
         """Every key's stored bytes (its value as the store's codec encoded it),
@@ -187,13 +252,13 @@ class Session(MutableMapping[str, Any]):
         """
         if not isinstance(changes, Mapping):
             raise ValidationError(f"changes must be a mapping, not {type(changes).__name__}")
-        self._store._modify_encoded(self, False, list(changes.items()))
+        self._store.modify_encoded(self._state, self._digest, False, list(changes.items()))
 
     def to_dict(self) -> dict[str, Any]:
         """A decoded copy of all keys, read at one moment."""
         # A copy (one C call), so a writer in another thread cannot change the
         # dict while it is decoded.
-        return self._store._decode_all(self._live().data.copy())
+        return self._store.decode_all(self._live().data.copy())
 
     def __repr__(self) -> str:
         try:

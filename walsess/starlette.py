@@ -50,7 +50,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
-from .request import _KEEP, Action, Outcome, RequestSession, cookie_finder
+from .request import KEEP, Action, Outcome, RequestSession, cookie_finder
 
 if TYPE_CHECKING:
     from .store import Store
@@ -252,7 +252,7 @@ async def _run(conn: HTTPConnection, call: Callable[[RequestSession], object]) -
         call(view)
 
 
-async def regenerate(conn: HTTPConnection, *, user: Any = _KEEP) -> None:
+async def regenerate(conn: HTTPConnection, *, user: Any = KEEP) -> None:
     """Give the session a new token now, keeping its data: call it at login.
 
     The old token stops working at once and the response carries the new

@@ -1,7 +1,9 @@
 """The :class:`Store`: sessions in memory, every change logged before it is applied.
 
 The store composes the layers below it and adds what sessions need: tokens,
-expiry, validation and thread safety. Each change follows one path:
+validation and thread safety. It is the API and the write path; compaction
+(:mod:`walsess.compaction`) and expiry (:mod:`walsess.expiry`) run in objects
+it owns and hands what they need. Each change follows one path:
 
 1. validate and encode (bad input raises before any byte is written);
 2. under the store lock: check the session is live, ``write(2)`` the record,
@@ -18,15 +20,14 @@ import logging
 import math
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import record as rec
 from . import tokens
 from .codec import JSON, decoder_of_all
+from .compaction import Compaction, Compactor
 from .durability import make_policy
 from .errors import (
     CodecError,
@@ -41,14 +42,14 @@ from .errors import (
     ValidationError,
     ValueTooLarge,
 )
+from .expiry import Expiry
 from .fileio import FileSystem, must_fsync_dir
 from .lockfile import DirectoryLock
 from .options import Options
 from .options import check_positive as _positive
-from .session import _MISSING, Session, SessionInfo
-from .snapshot import SnapshotWriter
+from .session import MISSING, Session, SessionInfo
 from .storedir import Recovery, StoreDirectory
-from .table import DEAD, SessionState, SessionTable, sids_of
+from .table import DEAD, SessionState, SessionTable
 
 __all__ = ["Compaction", "Store", "open"]
 
@@ -57,9 +58,6 @@ log = logging.getLogger("walsess")
 Hook = Callable[[SessionInfo, str], object]
 
 _INF = math.inf
-#: Sessions written to a snapshot per hold of the store lock during compaction
-#: (about 2-3 ms of encoding on a slow core: the longest a writer waits for it).
-_COMPACT_CHUNK = 250
 #: Destroy records written per hold of the store lock during gc.
 _GC_CHUNK = 1000
 #: A running store keeps SIDs; one that opens with SIDs past this renumbers them.
@@ -94,18 +92,6 @@ class _Gone(NamedTuple):
     expires_at: float
     last_seen: float
     data: dict[str, bytes]
-
-
-@dataclass(frozen=True)
-class Compaction:
-    """What one compaction did."""
-
-    generation: int
-    sessions: int
-    snapshot_bytes: int
-    started_at: float
-    seconds: float
-    removed: tuple[str, ...]
 
 
 def open(  # the front door, like io.open and dbm.open
@@ -166,29 +152,21 @@ class Store:
         self.touch_granularity = options.touch_granularity
         self.max_value_bytes = options.max_value_bytes
         self.codec = options.resolved_codec
-        self._decode = self.codec.decode
-        self._decode_all = decoder_of_all(self.codec)
+        #: Decode one stored value, and a whole key -> bytes dict (the codec's
+        #: functions, as attributes: a Session's read calls them directly).
+        self.decode = self.codec.decode
+        self.decode_all = decoder_of_all(self.codec)
         self._encode = self.codec.encode
-        self._clock = options.clock
+        #: The clock given to open (an attribute: a Session's read calls it directly).
+        self.clock = options.clock
         self._fs = fs = options.fs
         self._lock = threading.Lock()
-        self._closed = True
+        #: True once closed (or, in a forked child, disowned). Set only by the store.
+        self.closed = True
         self._pid = os.getpid()
         self._poison: BaseException | None = None
         self._fsyncs = 0
         self._hooks: list[Hook] = []
-        # One compaction at a time; the auto-compaction threshold on the log size.
-        self._compact_lock = threading.Lock()
-        self._compact_at = _INF
-        self._compactor: threading.Thread | None = None
-        #: Background compactions failed in a row, and the last one's error.
-        self._compact_failures = 0
-        self._compact_error: str | None = None
-        self._compact_not_before = 0  # log bytes: the backoff after a failure
-        self.last_compaction: Compaction | None = None
-        self.last_gc: dict[str, float] | None = None
-        self._stop_cleanup = threading.Event()
-        self._cleaner: threading.Thread | None = None
 
         try:
             created = _make_dir(path, fs)
@@ -209,17 +187,33 @@ class Store:
                 must_fsync_dir(fs, os.path.dirname(os.path.abspath(path)))
             self._sync = make_policy(durability, self._fsync, self._position, fsync_interval)
             self._always = self._sync.waits
-            self._closed = False
-            self._snapshot_bytes = 0
-            self._snapshot_sessions = 0
+            self.closed = False
+            snapshot_bytes = snapshot_sessions = 0
             if self._recovery.snapshot is not None:
-                self._snapshot_bytes = os.stat(self._recovery.snapshot).st_size
-                self._snapshot_sessions = self._recovery.snapshot_sessions
+                snapshot_bytes = os.stat(self._recovery.snapshot).st_size
+                snapshot_sessions = self._recovery.snapshot_sessions
+            self._compaction = Compactor(
+                path=path,
+                fs=fs,
+                files=self._files,
+                table=self._table,
+                log=self._log,
+                lock=self._lock,
+                clock=self.clock,
+                check_open=self._check_open,
+                check_writable=self._check_writable,
+                fsync=self._fsync,
+                poisoned=self._poisoned,
+                ratio=self.compact_ratio,
+                min_bytes=self.compact_min_bytes,
+                snapshot_bytes=snapshot_bytes,
+                snapshot_sessions=snapshot_sessions,
+            )
             if self._table.by_sid and max(self._table.by_sid) > _RENUMBER_ABOVE:
-                self._renumber()
-            self._set_compact_threshold()
+                self._compaction.renumber()
+            self._compaction.set_threshold()
         except BaseException as exc:
-            self._closed = True
+            self.closed = True
             if hasattr(self, "_sync"):
                 self._sync.close()
             self._log.close()
@@ -227,12 +221,18 @@ class Store:
             if isinstance(exc, OSError):
                 raise StorageError(f"cannot open store {path}: {exc}") from exc
             raise
+        self._expiry = Expiry(
+            path=path,
+            table=self._table,
+            lock=self._lock,
+            clock=self.clock,
+            check_open=self._check_open,
+            destroy=lambda expired: self._destroy_many(expired, rec.DestroyReason.EXPIRED),
+            after_gc=self._compaction.live_changed,
+            interval=self.cleanup_interval,
+        )
         _OPEN_STORES.add(self)
-        if self.cleanup_interval:
-            self._cleaner = threading.Thread(
-                target=self._cleanup_loop, name="walsess-cleanup", daemon=True
-            )
-            self._cleaner.start()
+        self._expiry.start()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -249,14 +249,12 @@ class Store:
         closed and the lock released, then :class:`StorePoisoned` is raised.
         """
         with self._lock:
-            if self._closed:
+            if self.closed:
                 return
-            self._closed = True
+            self.closed = True
         _OPEN_STORES.discard(self)
         self.stop_cleanup()
-        compactor = self._compactor
-        if compactor is not None and compactor is not threading.current_thread():
-            compactor.join()  # it sees the store closed and stops at its next chunk
+        self._compaction.wait()  # it sees the store closed and stops at its next chunk
         try:
             self._sync.close()
             if self._poison is None:
@@ -275,9 +273,10 @@ class Store:
         store's locks are replaced because a parent thread may have held them
         at the fork, and no thread of the parent exists here to release them.
         """
-        self._closed = True
+        self.closed = True
         self._lock = threading.Lock()
-        self._compact_lock = threading.Lock()
+        self._compaction.disown(self._lock)
+        self._expiry.disown(self._lock)
         self._log.forget()
         self._dirlock.release()
 
@@ -300,11 +299,7 @@ class Store:
 
     def now(self) -> float:
         """The store's clock (seconds since the epoch; the ``clock`` given to open)."""
-        return self._clock()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+        return self.clock()
 
     @property
     def recovery(self) -> Recovery:
@@ -334,13 +329,17 @@ class Store:
             ) from exc
         self._fsyncs += 1
 
+    def _poisoned(self, exc: StorePoisoned) -> None:
+        """Record the first failure that poisons the store (a compaction's, say)."""
+        self._poison = self._poison or exc
+
     def _check_open(self) -> None:
-        if self._closed:
+        if self.closed:
             raise self._closed_error()
 
     def _check_writable(self) -> None:
         """Under the lock, before any append."""
-        if self._closed:
+        if self.closed:
             raise self._closed_error()
         if self._poison is not None:
             raise StorePoisoned(
@@ -356,8 +355,8 @@ class Store:
             raise
         if not self._sync.dirty:
             self._sync.appended()
-        if self._log.size > self._compact_at:
-            self._start_compaction()
+        if self._log.size > self._compaction.threshold:
+            self._compaction.start()
         return pos
 
     # -- validation ---------------------------------------------------------------
@@ -404,15 +403,16 @@ class Store:
 
     # -- sessions -----------------------------------------------------------------
 
-    def _live_state(self, state: SessionState, digest: bytes) -> SessionState:
-        """*state* if it still belongs to *digest* and has not expired, else raise."""
+    def live_state(self, state: SessionState, digest: bytes) -> SessionState:
+        """*state* if it still belongs to *digest* and has not expired, else raise
+        :class:`SessionNotFound` (or the closed store's error). For :class:`Session`."""
         if state.digest is not digest:
-            if self._closed:
+            if self.closed:
                 raise self._closed_error()
             raise SessionNotFound(f"session {tokens.ref_of(digest)} no longer exists")
-        if self._closed:
+        if self.closed:
             raise self._closed_error()
-        if not state.live_at(self._clock()):
+        if not state.live_at(self.clock()):
             raise SessionNotFound(f"session {tokens.ref_of(digest)} has expired")
         return state
 
@@ -420,13 +420,13 @@ class Store:
         """The live session for *token* and the digest it was found by, or None.
         Never raises for odd tokens. The digest lets a caller that takes the lock
         later check the session still belongs to *token* (not regenerated since)."""
-        if self._closed:
+        if self.closed:
             raise self._closed_error()
         if type(token) is not str or len(token) > 512:
             return None
         digest = tokens.digest(token)
         st = self._table.find(digest)
-        if st is None or not st.live_at(self._clock()):
+        if st is None or not st.live_at(self.clock()):
             return None
         return st, digest
 
@@ -486,7 +486,7 @@ class Store:
                 token = tokens.new_token()
                 digest = tokens.digest(token)
             sid = table.allocate_sid()
-            now = self._clock()
+            now = self.clock()
             idle = now + ttl
             hard = _INF if lifetime is None else now + lifetime
             record = rec.encode_create(sid, digest, now, ttl, idle, hard, user, meta_b, kbs, vbs)
@@ -525,7 +525,7 @@ class Store:
         # The hottest read path: _lookup's steps are inlined here. The expiry
         # extension is computed and applied under the lock, so that a
         # concurrent touch(ttl=) is never undone by a read that saw the old ttl.
-        if self._closed:
+        if self.closed:
             raise self._closed_error()
         if type(token) is not str or len(token) > 512:
             return None
@@ -533,7 +533,7 @@ class Store:
         st = self._table.find(digest)
         if st is None:
             return None
-        now = self._clock()
+        now = self.clock()
         pos = 0
         with self._lock:
             current = st.digest  # handles compare this object by identity
@@ -579,7 +579,7 @@ class Store:
             if st.digest != digest:
                 return False
             new_ttl = st.ttl if ttl is None else float(ttl)
-            idle = self._clock() + new_ttl
+            idle = self.clock() + new_ttl
             pos = self._commit(rec.encode_touch(st.sid, idle, new_ttl))
             self._table.touch(st, idle, new_ttl)
         if self._always:
@@ -596,7 +596,7 @@ class Store:
         self._check_open()
         key = tokens.parse_ref(ref)
         st = None if key is None else self._table.by_ref.get(key)
-        if st is None or not st.live_at(self._clock()):
+        if st is None or not st.live_at(self.clock()):
             return False
         return self._destroy(st, st.digest, rec.DestroyReason.REVOKED)
 
@@ -615,7 +615,7 @@ class Store:
             self._notify([gone], _REASONS[rec.DestroyReason(reason)])
         return True
 
-    def regenerate(self, token: str, *, user: Any = _MISSING) -> Session:
+    def regenerate(self, token: str, *, user: Any = MISSING) -> Session:
         """Give the session a new token (do this at login); the old token is dead.
 
         The data, metadata and expiry carry over. Handles holding the old token
@@ -628,7 +628,7 @@ class Store:
             it is listed and revoked with *user*'s other sessions. By default the
             owner is kept and one CHANGE_ID record is written.
         """
-        if user is not _MISSING:
+        if user is not MISSING:
             self._check_user(user)
         found = self._lookup(token)
         if found is None:
@@ -643,7 +643,7 @@ class Store:
             while self._table.ref_taken(new):
                 new_token = tokens.new_token()
                 new = tokens.digest(new_token)
-            if user is _MISSING or user == st.user:
+            if user is MISSING or user == st.user:
                 pos = self._commit(rec.encode_change_id(st.sid, new))
                 gone = self._gone(st)
                 self._table.change_digest(st, new)
@@ -668,24 +668,25 @@ class Store:
             self._notify([gone], "regenerated")
         return Session(self, now_state, new_token)
 
-    # -- changes through a Session ---------------------------------------------------
+    # -- changes through a Session (the SessionBackend interface) ---------------------
 
-    def _set(self, handle: Session, key: str, value: Any) -> None:
+    def set_key(self, st: SessionState, digest: bytes, key: str, value: Any) -> None:
+        """Set *key* to *value* in the session *st* found by *digest*: one SET record.
+
+        For :class:`Session` (``session[key] = value``), which holds *st* and *digest*.
+        """
         # The hottest path in the library: the steps of _commit and
-        # _live_state are inlined here, in the same order.
+        # live_state are inlined here, in the same order.
         vb = self._encode(value)
         if len(vb) > self.max_value_bytes:
             raise self._too_large(vb)
-        st = handle._state
         record = rec.encode_set(st.sid, key, vb)  # validates the key
-        now = self._clock()
+        now = self.clock()
         with self._lock:
-            if self._closed or self._poison is not None:
+            if self.closed or self._poison is not None:
                 self._check_writable()
-            if st.digest is not handle._digest or not (
-                now < st.idle_deadline and now < st.hard_deadline
-            ):
-                self._live_state(st, handle._digest)
+            if st.digest is not digest or not (now < st.idle_deadline and now < st.hard_deadline):
+                self.live_state(st, digest)
             data = st.data  # decoded here if still packed: before anything is written
             if len(data) >= rec.MAX_KEYS and key not in data:
                 raise _too_many_keys(len(data) + 1)
@@ -697,36 +698,44 @@ class Store:
             data[key] = vb
             if not self._sync.dirty:
                 self._sync.appended()
-            if self._log.size > self._compact_at:
-                self._start_compaction()
+            if self._log.size > self._compaction.threshold:
+                self._compaction.start()
         if self._always:
             self._sync.wait(pos)
 
-    def _modify(
+    def modify(
         self,
-        handle: Session,
+        st: SessionState,
+        digest: bytes,
         clear: bool,
         items: Iterable[tuple[Any, Any]],
         must_exist: str | None = None,
     ) -> None:
-        self._modify_encoded(
-            handle,
+        """One MODIFY record: clear the session first if *clear*, then set each key
+        to its value, or delete it if the value is :data:`~walsess.session.MISSING`.
+        :class:`KeyError` if *must_exist* is given and is not a key. For :class:`Session`.
+        """
+        self.modify_encoded(
+            st,
+            digest,
             clear,
             [
-                (key, None if value is _MISSING else self._encode_value(value))
+                (key, None if value is MISSING else self._encode_value(value))
                 for key, value in items
             ],
             must_exist,
         )
 
-    def _modify_encoded(
+    def modify_encoded(
         self,
-        handle: Session,
+        st: SessionState,
+        digest: bytes,
         clear: bool,
         changes: list[tuple[str, bytes | None]],
         must_exist: str | None = None,
     ) -> None:
-        """One MODIFY record: set each key to its encoded value, or delete it (None)."""
+        """One MODIFY record: set each key to its encoded value, or delete it (None).
+        For :class:`Session`; the values must come from the store codec's ``encode``."""
         limit = self.max_value_bytes
         encoded: list[tuple[bytes, bytes | None]] = []
         for key, vb in changes:
@@ -740,13 +749,12 @@ class Store:
             raise TooManyKeys(
                 f"one change may set or delete at most {rec.MAX_KEYS:,} keys, not {len(encoded):,}"
             )
-        st = handle._state
         record = rec.encode_modify(st.sid, clear, encoded)
         if len(record) > rec.MAX_PAYLOAD_BYTES:
             raise ValueTooLarge("the change is larger than one record may be (1 GiB)")
         with self._lock:
             self._check_writable()
-            self._live_state(st, handle._digest)
+            self.live_state(st, digest)
             if must_exist is not None and must_exist not in st.data:
                 raise KeyError(must_exist)
             data = st.data
@@ -768,16 +776,12 @@ class Store:
 
     # -- whole store: listing --------------------------------------------------------
 
-    def _expired_now(self, now: float) -> int:
-        """Stored sessions that have expired but are not yet removed by gc."""
-        return sum(1 for st in self._table.expiring(now) if not st.live_at(now))
-
     def __len__(self) -> int:
         """Live (unexpired) sessions. O(log n + k) for k sessions due for gc."""
         self._check_open()
-        now = self._clock()
+        now = self.clock()
         with self._lock:
-            return len(self._table) - self._expired_now(now)
+            return len(self._table) - self._expiry.expired_now(now)
 
     def _info(self, st: SessionState) -> SessionInfo:
         return SessionInfo(
@@ -806,7 +810,7 @@ class Store:
         The list is taken at one moment under the lock: O(n).
         """
         self._check_open()
-        now = self._clock()
+        now = self.clock()
         with self._lock:
             infos = [self._info(st) for st in self._table.by_sid.values() if st.live_at(now)]
         return iter(infos)
@@ -815,7 +819,7 @@ class Store:
         """The live sessions of *user*, oldest first, as infos: an "active devices" list."""
         self._check_user(user, allow_none=False)
         self._check_open()
-        now = self._clock()
+        now = self.clock()
         with self._lock:
             return [self._info(st) for st in self._table.of_user(user) if st.live_at(now)]
 
@@ -833,7 +837,7 @@ class Store:
                 key = tokens.ref_key(tokens.digest(item))
             if key is not None:
                 kept.add(key)
-        now = self._clock()
+        now = self.clock()
         with self._lock:
             doomed = [
                 st
@@ -874,41 +878,16 @@ class Store:
         whose logged deadline has passed, not O(n): expiry is indexed.
         Sessions a read has extended in memory are re-filed, not removed.
         """
-        self._check_open()
-        started = time.monotonic()
-        now = self._clock()
-        with self._lock:
-            due = self._table.expiring(now)
-            expired = []
-            for st in due:
-                if st.live_at(now):
-                    self._table.reindex(st, st.expires_at)  # extended by reads since
-                else:
-                    expired.append(st)
-        count = self._destroy_many(expired, rec.DestroyReason.EXPIRED)
-        self.last_gc = {"at": now, "seconds": time.monotonic() - started, "removed": count}
-        with self._lock:
-            if not self._compact_lock.locked():
-                self._set_compact_threshold()  # live data shrank (or grew): move the trigger
-        return count
+        return self._expiry.gc()
 
-    def _cleanup_loop(self) -> None:
-        interval = self.cleanup_interval
-        assert interval is not None
-        while not self._stop_cleanup.wait(interval):
-            try:
-                self.gc()
-            except StoreClosed:
-                return
-            except Exception:  # keep cleaning; say why this round failed
-                log.exception("walsess: background gc of %s failed", self.path)
+    @property
+    def last_gc(self) -> dict[str, float] | None:
+        """The last gc round: {"at": clock time, "seconds": duration, "removed": count}."""
+        return self._expiry.last_gc
 
     def stop_cleanup(self) -> None:
         """Stop the background cleanup thread now (close() does this too)."""
-        self._stop_cleanup.set()
-        cleaner = self._cleaner
-        if cleaner is not None and cleaner is not threading.current_thread():
-            cleaner.join()
+        self._expiry.stop()
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -942,7 +921,7 @@ class Store:
                     created_at=g.created_at,
                     expires_at=g.expires_at,
                     last_seen=g.last_seen,
-                    data=self._decode_all(g.data),
+                    data=self.decode_all(g.data),
                 )
             except Exception:  # RecursionError, a class a deploy removed, ...
                 log.exception(
@@ -959,68 +938,6 @@ class Store:
 
     # -- compaction ----------------------------------------------------------------------
 
-    def _live_bytes(self) -> float:
-        """What a snapshot of the live table would take: the last snapshot's bytes per
-        session times the sessions now (256 bytes a session before any snapshot)."""
-        per_session = 256.0
-        if self._snapshot_sessions:
-            per_session = self._snapshot_bytes / self._snapshot_sessions
-        return per_session * len(self._table)
-
-    def _set_compact_threshold(self) -> None:
-        """Compact once snapshot + log exceed compact_ratio x live and compact_min_bytes
-        (as Redis rewrites its AOF once it doubles), so disk stays within about
-        compact_ratio x live + compact_min_bytes."""
-        if self.compact_ratio is None:
-            self._compact_at = _INF
-        else:
-            limit = max(self.compact_min_bytes, self.compact_ratio * self._live_bytes())
-            self._compact_at = limit - self._snapshot_bytes
-            if self._compact_failures:
-                self._compact_at = max(self._compact_at, self._compact_not_before)
-
-    def _start_compaction(self) -> None:
-        """Under the lock, after an append and before it is applied: start a
-        background compaction. Never raises: a thread that cannot start (the
-        process is out of threads) is a failed compaction, which backs off."""
-        self._compact_at = _INF  # until this compaction sets it again
-        thread = threading.Thread(target=self._auto_compact, name="walsess-compactor", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError as exc:
-            self._compaction_failed(exc)
-            return
-        self._compactor = thread
-
-    def _auto_compact(self) -> None:
-        try:
-            self.compact()
-        except (StoreClosed, StorePoisoned):
-            pass
-        except Exception as exc:
-            with self._lock:
-                self._compaction_failed(exc)
-
-    def _compaction_failed(self, exc: BaseException) -> None:
-        """Under the lock: count a failed background compaction and back off.
-
-        The next try waits until the log has grown 2**k times past its size
-        now, so a disk that stays full costs O(log n) attempts for n writes,
-        not a compaction (and a thread) per write.
-        """
-        self._compact_failures += 1
-        self._compact_error = f"{type(exc).__name__}: {exc}"
-        self._compact_not_before = self._log.size * 2 ** min(self._compact_failures, 30)
-        self._set_compact_threshold()
-        log.error(
-            "walsess: background compaction of %s failed (%d in a row); next try once"
-            " the log reaches %d bytes",
-            self.path,
-            self._compact_failures,
-            self._compact_at,
-            exc_info=exc,
-        )
-
     def compact(self) -> Compaction:
         """Write the live sessions as a snapshot and start a new log generation.
 
@@ -1032,29 +949,18 @@ class Store:
         write, fsync, rename, directory fsync; older files are deleted only
         after that. Costs O(n) time and one pass of writes.
         """
-        self._check_open()  # before the compaction lock, which a forked child may find held
-        with self._compact_lock:
-            try:
-                return self._compact()
-            except StorePoisoned as exc:
-                self._poison = self._poison or exc
-                raise
+        return self._compaction.compact()
 
     @property
     def compacting(self) -> bool:
         """True while a compaction (background or :meth:`compact`) is running."""
-        compactor = self._compactor
-        return self._compact_lock.locked() or (compactor is not None and compactor.is_alive())
+        return self._compaction.compacting
 
     def wait_compaction(self, timeout: float | None = None) -> bool:
         """Wait for the background compaction, if one is running; False if
         *timeout* seconds passed first. A :meth:`compact` call in another
         thread is not waited for (its caller has the result)."""
-        compactor = self._compactor
-        if compactor is None or compactor is threading.current_thread():
-            return True
-        compactor.join(timeout)
-        return not compactor.is_alive()
+        return self._compaction.wait(timeout)
 
     def snapshot_size(self) -> int:
         """The exact size in bytes of the snapshot a compaction would write now.
@@ -1062,80 +968,12 @@ class Store:
         O(n) encoding work under the lock, taken once: for tests and capacity
         planning (what ``compact_ratio`` multiplies), not for a request path.
         """
-        self._check_open()
-        with self._lock:
-            rows = [_snapshot_row(st) for st in self._table.by_sid.values()]
-        step = rec.BLOCK_SESSIONS
-        blocks = (rows[i : i + step] for i in range(0, len(rows), step))
-        body = sum(len(rec.encode_block(*zip(*block, strict=True))) for block in blocks)
-        return rec.HEADER_SIZE + body + len(rec.encode_end(len(rows)))
+        return self._compaction.snapshot_size()
 
-    def _compact(self) -> Compaction:
-        started = time.monotonic()
-        started_at = self._clock()
-        # Make the log durable before taking the lock, so that the fsync the
-        # rotation does under the lock has little left to write.
-        self._fsync()
-        with self._lock:
-            self._check_writable()
-            generation = self._log.generation + 1
-            try:
-                self._log.rotate(follows=generation)
-            except OSError as exc:
-                raise StorageError(f"compaction could not start a new log: {exc}") from exc
-            # In expiry order, so the next open sorts its expiry index in
-            # linear time; the list is copied now, the SIDs taken out unlocked.
-            keys = self._table.expiry_keys()
-        sids = sids_of(keys)
-        try:
-            writer = SnapshotWriter(self.path, self._fs, generation)
-        except OSError as exc:
-            raise StorageError(f"compaction could not create a snapshot: {exc}") from exc
-        try:
-            rows: list[tuple[Any, ...]] = []
-            for i in range(0, len(sids), _COMPACT_CHUNK):
-                with self._lock:
-                    self._check_writable()
-                    chunk = [self._table.by_sid.get(sid) for sid in sids[i : i + _COMPACT_CHUNK]]
-                    rows += [_snapshot_row(st) for st in chunk if st is not None]
-                while len(rows) >= rec.BLOCK_SESSIONS:
-                    writer.write_block(rows[: rec.BLOCK_SESSIONS])
-                    del rows[: rec.BLOCK_SESSIONS]
-            writer.write_block(rows)
-            writer.commit()
-        except OSError as exc:
-            writer.abort()
-            raise StorageError(f"compaction failed writing {writer.tmp}: {exc}") from exc
-        except BaseException:
-            writer.abort()
-            raise
-        try:
-            removed = self._files.remove_before(generation)
-        except OSError as exc:
-            raise StorageError(f"compaction could not remove old files: {exc}") from exc
-        result = Compaction(
-            generation=generation,
-            sessions=writer.count,
-            snapshot_bytes=writer.size,
-            started_at=started_at,
-            seconds=time.monotonic() - started,
-            removed=tuple(removed),
-        )
-        with self._lock:
-            self.last_compaction = result
-            self._compact_failures = 0
-            self._compact_error = None
-            self._compact_not_before = 0
-            self._snapshot_bytes = writer.size
-            self._snapshot_sessions = writer.count
-            self._set_compact_threshold()
-        return result
-
-    def _renumber(self) -> None:
-        """At open, before any writer: give the sessions SIDs 1..n and compact, so
-        the 32-bit SID space never runs out however long the store lives."""
-        self._table.renumber()
-        self._compact()
+    @property
+    def last_compaction(self) -> Compaction | None:
+        """What the last compaction since open did, or None."""
+        return self._compaction.last
 
     # -- stats -------------------------------------------------------------------------
 
@@ -1143,13 +981,14 @@ class Store:
         """Counters for monitoring: sessions, bytes on disk and in memory, compaction, gc."""
         self._check_open()
         snapshot_bytes, log_bytes = self._files.sizes()
-        now = self._clock()
+        now = self.clock()
         with self._lock:
             stored = len(self._table)
-            expired = self._expired_now(now)
+            expired = self._expiry.expired_now(now)
             appended = self._log.appends
             sample = list(self._table.by_sid.values())[:256]
-        live = self._live_bytes()
+        compaction = self._compaction
+        live = compaction.live_bytes()
         return {
             "sessions": stored - expired,
             "stored_sessions": stored,
@@ -1165,9 +1004,11 @@ class Store:
             "records_appended": appended,
             "log_generation": self._log.generation,
             "last_compaction": self.last_compaction,
-            "compaction_failures": self._compact_failures,
-            "last_compaction_error": self._compact_error,
-            "next_compaction_at_log_bytes": None if self._compact_at == _INF else self._compact_at,
+            "compaction_failures": compaction.failures,
+            "last_compaction_error": compaction.error,
+            "next_compaction_at_log_bytes": (
+                None if compaction.threshold == _INF else compaction.threshold
+            ),
             "last_gc": self.last_gc,
             "fsyncs": self._fsyncs,
             "durability": self.durability,
@@ -1176,7 +1017,7 @@ class Store:
         }
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._table)} sessions"
+        state = "closed" if self.closed else f"{len(self._table)} sessions"
         return f"<walsess.Store {self.path!r} {self.durability} {state}>"
 
 
@@ -1227,13 +1068,6 @@ def _create_record(st: SessionState) -> bytes:
     return rec.encode_create(st.sid, st.digest, st.created_at, st.ttl, st.idle_deadline,
                              st.hard_deadline, st.user, st.meta, rec.keys_bytes(data),
                              list(data.values()))  # fmt: skip
-
-
-def _snapshot_row(st: SessionState) -> tuple[Any, ...]:
-    """A session as a row of a snapshot BLOCK record (its item block is copied
-    as it is if nobody decoded or changed it since it was loaded)."""
-    return (st.sid, st.digest, st.created_at, st.ttl, st.idle_deadline, st.hard_deadline,
-            st.user, st.meta, st.items())  # fmt: skip
 
 
 def _memory_per_session(sample: list[SessionState]) -> float:
