@@ -28,7 +28,7 @@ import walsess
 from walsess import record as r
 from walsess import tokens
 from walsess.fileio import OS
-from walsess.snapshot import SnapshotWriter, load_snapshot, snapshot_name
+from walsess.snapshot import SnapshotWriter, load_snapshot, snapshot_name, snapshot_size
 from walsess.table import SessionTable
 
 MAX_VALUE = 1 << 20
@@ -262,10 +262,18 @@ def test_round_trip(sessions: list[r.Create], block_size: int, by_writer: bool) 
 
 def check_round_trip(d: str, sessions: list[r.Create], block_size: int, by_writer: bool) -> None:
     if by_writer:
+        source = SessionTable()
+        states = [source.apply_create(c) for c in sessions]
         writer = SnapshotWriter(d, OS, GENERATION)
-        for i in range(0, len(sessions), block_size):
-            writer.write_block([(*c[:8], create_items(c)) for c in sessions[i : i + block_size]])
-        writer.commit()
+        saved, r.BLOCK_SESSIONS = r.BLOCK_SESSIONS, block_size
+        try:
+            for i in range(0, len(states), 2):  # queued two at a time, as chunks are
+                writer.add(states[i : i + 2])
+                writer.flush()
+            writer.commit()
+            assert os.path.getsize(writer.path) == snapshot_size(states)
+        finally:
+            r.BLOCK_SESSIONS = saved
         path = writer.path
     else:
         path = write_store(d, snapshot_records(sessions, 2, block_size))

@@ -17,8 +17,9 @@ session's data is decoded at open.
 Example::
 
     writer = SnapshotWriter(directory, fs, generation=7)
-    writer.write_block(rows)   # tuples: sid, digest, created, ttl, idle, hard, user, meta, items
-    writer.commit()                       # durable and visible from here on
+    writer.add(states)                    # under the store's lock: no I/O
+    writer.flush()                        # whole blocks, outside it
+    writer.commit()                       # the rest; durable and visible from here on
     load_snapshot(writer.path, fs, table, max_value=1 << 20)
 """
 
@@ -26,15 +27,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from . import record
 from .damage import classify_snapshot
 from .fileio import FileSystem, must_fsync, must_fsync_dir
-from .record import SNAPSHOT_MAGIC, Block, encode_block, encode_end, encode_header
-from .table import SessionTable
+from .record import HEADER_SIZE, SNAPSHOT_MAGIC, Block, encode_block, encode_end, encode_header
+from .table import SessionState, SessionTable
 
-__all__ = ["SNAPSHOT_FILE", "SnapshotWriter", "load_snapshot", "snapshot_name"]
+__all__ = ["SNAPSHOT_FILE", "SnapshotWriter", "load_snapshot", "snapshot_name", "snapshot_size"]
 
 SNAPSHOT_FILE = re.compile(r"^([0-9a-f]{16})\.snap$")
 
@@ -47,7 +49,7 @@ def snapshot_name(generation: int) -> str:
 class SnapshotWriter:
     """Writes one snapshot file in pieces, then installs it atomically.
 
-    Cost: one write per :meth:`write` call, one fsync and one rename at
+    Cost: one write per BLOCK record, one fsync and one rename at
     :meth:`commit`. Not thread-safe; one compaction writes one snapshot.
     """
 
@@ -60,6 +62,7 @@ class SnapshotWriter:
         self._fs = fs
         self._fd: int | None = fs.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self.size = 0
+        self._pending: tuple[list[Any], ...] = tuple([] for _ in range(9))
         try:
             self._put(encode_header(generation, 0, SNAPSHOT_MAGIC))
         except BaseException:
@@ -71,15 +74,29 @@ class SnapshotWriter:
         self._fs.write_all(self._fd, data)
         self.size += len(data)
 
-    def write_block(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Append one BLOCK record of *rows*, each ``(sid, digest, created_at,
-        ttl, idle_deadline, hard_deadline, user, meta, items)``; no-op if empty."""
-        if rows:
-            self._put(encode_block(*zip(*rows, strict=True)))
-            self.count += len(rows)
+    def add(self, states: Iterable[SessionState]) -> None:
+        """Queue *states* for the snapshot, column by column: cheap enough to call
+        under the store's lock (no I/O, and no tracked object per session, so
+        it never sets off the garbage collector). An unread session's item
+        block is taken as it is. :meth:`flush` writes what is queued."""
+        for column, values in zip(self._pending, _columns(list(states)), strict=True):
+            column.extend(values)
+
+    def flush(self, partial: bool = False) -> None:
+        """Write the queued sessions as BLOCK records of ``BLOCK_SESSIONS``
+        (and, with *partial*, the rest as a shorter one). Not under the lock."""
+        pending = self._pending
+        size = record.BLOCK_SESSIONS
+        while len(pending[0]) >= size or (partial and pending[0]):
+            self._put(encode_block(*(column[:size] for column in pending)))
+            self.count += len(pending[0][:size])
+            for column in pending:
+                del column[:size]
 
     def commit(self) -> None:
-        """END record, fsync, rename into place, fsync the directory."""
+        """The sessions still queued, the END record, fsync, rename into place,
+        fsync the directory."""
+        self.flush(partial=True)
         self._put(encode_end(self.count))
         fd, self._fd = self._fd, None
         assert fd is not None
@@ -99,6 +116,30 @@ class SnapshotWriter:
             self._fs.unlink(self.tmp)
         except OSError:
             pass
+
+
+def snapshot_size(states: Sequence[SessionState]) -> int:
+    """The exact size of the snapshot of *states*, written in this order."""
+    step = record.BLOCK_SESSIONS
+    body = 0
+    for i in range(0, len(states), step):
+        columns = _columns(states[i : i + step])
+        body += len(encode_block(*columns))
+    return HEADER_SIZE + body + len(encode_end(len(states)))
+
+
+def _columns(states: Sequence[SessionState]) -> tuple[list[Any], ...]:
+    return (
+        [st.sid for st in states],
+        [st.digest for st in states],
+        [st.created_at for st in states],
+        [st.ttl for st in states],
+        [st.idle_deadline for st in states],
+        [st.hard_deadline for st in states],
+        [st.user for st in states],
+        [st.meta for st in states],
+        [st.items() for st in states],
+    )
 
 
 def load_snapshot(
