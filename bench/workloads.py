@@ -40,6 +40,7 @@ Run as a script, this module is also the memory-measurement child::
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -52,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import walsess
-from walsess.benchmark.measure import run_child
+from walsess.benchmark.measure import rss, run_child
 from walsess.benchmark.peers import TTL as PEER_TTL
 from walsess.benchmark.peers import (
     FloorDict,
@@ -472,7 +473,7 @@ class Workbench:
 
 # -- memory per session -------------------------------------------------------------
 
-MEMORY_KINDS = ("walsess", "floor-dict")
+MEMORY_KINDS = ("walsess", "floor-dict", "walsess-reopened", "walsess-reopened-read")
 
 
 def memory_child(kind: str, n: int, method: str) -> dict[str, Any]:
@@ -482,6 +483,8 @@ def memory_child(kind: str, n: int, method: str) -> dict[str, Any]:
     The store (or dict) exists before the baseline, so only per-session
     memory counts.
     """
+    if kind.startswith("walsess-reopened"):
+        return _reopened_memory(kind, n, method)
     with tempfile.TemporaryDirectory(prefix="walsess-mem-") as workdir:
         # the rows of ``walsess bench`` (walsess.benchmark.peers), built the same way
         peer: Peer
@@ -505,6 +508,46 @@ def memory_child(kind: str, n: int, method: str) -> dict[str, Any]:
     }
 
 
+def build_compacted(path: str, n: int) -> None:
+    """A store of *n* sessions of :func:`session_data`, compacted and closed, with
+    their tokens in ``path + ".tokens"`` (one per line)."""
+    with walsess.open(path, durability="never", compact_ratio=None, cleanup_interval=None,
+                      default_ttl=1e9) as store:  # fmt: skip
+        tokens = [store.create(session_data(i)).id for i in range(n)]
+        store.compact()
+    with open(path + ".tokens", "w") as f:
+        f.write("\n".join(tokens))
+
+
+def _reopened_memory(kind: str, n: int, method: str) -> dict[str, Any]:
+    """Bytes per session of a store of *n* sessions reopened in this process (built
+    by a child, so none of the building is in this heap): not yet read
+    (``walsess-reopened``) or after every session was read once (``-read``)."""
+    if method != "rss":
+        raise ValueError("the reopened kinds are measured by rss only")
+    with tempfile.TemporaryDirectory(prefix="walsess-mem-") as workdir:
+        path = os.path.join(workdir, "s")
+        run_child([os.path.abspath(__file__), "build-store", path, str(n)], "store builder")
+        with open(path + ".tokens") as f:
+            tokens = f.read().split("\n")
+        gc.collect()
+        before = rss()
+        store = walsess.open(path, durability="never", compact_ratio=None, cleanup_interval=None)
+        try:
+            if kind.endswith("-read"):
+                for token in tokens:
+                    session = store.get(token)
+                    assert session is not None
+                    session.to_dict()
+            del tokens
+            gc.collect()
+            grown = rss() - before
+        finally:
+            store.close()
+    return {"kind": kind, "method": method, "walsess": os.path.dirname(walsess.__file__),
+            "sessions": n, "bytes": grown, "bytes_per_session": grown / n}  # fmt: skip
+
+
 def measure_memory(kind: str, n: int, method: str = "rss") -> dict[str, Any]:
     """:func:`memory_child` run in a fresh interpreter, so nothing else is in the heap."""
     args = [os.path.abspath(__file__), "memory-child", kind, str(n), method]
@@ -514,6 +557,10 @@ def measure_memory(kind: str, n: int, method: str = "rss") -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     if len(argv) == 4 and argv[0] == "memory-child":
         print(json.dumps(memory_child(argv[1], int(argv[2]), argv[3])))
+        return 0
+    if len(argv) == 3 and argv[0] == "build-store":
+        build_compacted(argv[1], int(argv[2]))
+        print("{}")
         return 0
     print("usage: workloads.py memory-child {walsess,floor-dict} N {rss,tracemalloc}")
     return 2
