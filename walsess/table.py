@@ -462,12 +462,13 @@ class SessionTable:
         :meth:`reading`: the item block stays packed until first used."""
         st = SessionState(sid, digest, created_at, ttl, idle_deadline, hard_deadline, user, meta,
                           None, items, (self._reading, offset))  # fmt: skip
-        by_sid = self.by_sid
+        by_sid, by_ref = self.by_sid, self.by_ref
         ref = digest[:REF_BYTES]
-        self._check_ref_free(ref, sid, self._reading.path, offset)
+        if ref in by_ref:
+            self._check_ref_free(ref, sid, self._reading.path, offset)
         if self._bulk and sid not in by_sid:
             by_sid[sid] = st  # the common case, without insert()'s generality
-            self.by_ref[ref] = st
+            by_ref[ref] = st
             self._unindexed.append(st)
             if sid >= self.next_sid:
                 self.next_sid = sid + 1 if sid < MAX_SID else 1
