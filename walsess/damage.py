@@ -360,7 +360,7 @@ def classify_snapshot(
     >>> classify_snapshot(image, generation=2).valid
     True
     >>> classify_snapshot(image[:-1], generation=2).reason
-    'incomplete record (20 bytes at end) (a snapshot is never torn)'
+    'record length 8 runs past the end (a snapshot is never torn)'
     """
     try:
         header = decode_header(buf, SNAPSHOT_MAGIC)
