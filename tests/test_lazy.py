@@ -161,3 +161,11 @@ def test_open_keeps_objects_the_application_froze_frozen(tmp_path: Path, clock: 
             assert gc.get_freeze_count() >= frozen
     finally:
         gc.unfreeze()
+
+
+def test_stats_decodes_no_session(tmp_path: Path, clock: FakeClock) -> None:
+    path = str(tmp_path / "s")
+    build(path, clock)
+    with walsess.open(path, clock=clock, **QUIET) as store:
+        assert store.stats()["memory_bytes_estimate"] > 0
+        assert all(st.packed is not None for st in states(store))

@@ -1079,8 +1079,7 @@ def _memory_per_session(sample: list[SessionState]) -> float:
     size = sys.getsizeof
     total = 0
     for st in sample:
-        total += size(st) + size(st.digest) + size(st.data) + 4 * 24 + 2 * 100  # floats, indexes
-        total += sum(size(v) for v in st.data.values())
+        total += size(st) + size(st.digest) + st.data_size() + 4 * 24 + 2 * 100  # floats, indexes
         if st.meta is not None:
             total += size(st.meta)
     return total / len(sample)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -171,6 +172,17 @@ class SessionState:
             self.packed = None
             self.origin = None  # the last decoded session of a block frees its bytes
             return data
+
+    def data_size(self) -> int:
+        """Bytes the data holds in memory, estimated without decoding it (a
+        packed block counts as itself). For monitoring."""
+        size = sys.getsizeof
+        with _UNPACK_LOCK:
+            if self.packed is not None:
+                return size(self._packed_bytes())
+            data = self._data
+        assert data is not None
+        return size(data) + sum(map(size, list(data.values())))
 
     def _packed_bytes(self) -> bytes:
         packed = self.packed
