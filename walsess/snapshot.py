@@ -89,7 +89,7 @@ class SnapshotWriter:
         size = record.BLOCK_SESSIONS
         while len(pending[0]) >= size or (partial and pending[0]):
             self._put(encode_block(*(column[:size] for column in pending)))
-            self.count += len(pending[0][:size])
+            self.count += min(size, len(pending[0]))
             for column in pending:
                 del column[:size]
 
