@@ -198,7 +198,7 @@ def peak_opening(directory: str, read: int | None = None) -> tuple[int, BaseExce
     try:
         with walsess.open(directory, clock=lambda: 1.0) as store:
             if read is not None:
-                len(store._table.by_sid[read].data)
+                len(store._table.state(read).data)  # type: ignore[union-attr]
     except walsess.WalsessError as exc:
         err = exc
     finally:

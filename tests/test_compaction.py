@@ -79,7 +79,7 @@ def store_state(store: walsess.Store) -> State:
             st.meta,
             dict(st.data),
         )
-        for sid, st in store._table.by_sid.items()
+        for sid, st in ((st.sid, st) for st in store._table.states())
     }
 
 

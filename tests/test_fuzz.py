@@ -71,7 +71,7 @@ records = st.one_of(
 
 
 def state_of(table: SessionTable) -> dict[int, tuple[bytes, dict[str, bytes]]]:
-    return {sid: (s.digest, dict(s.data)) for sid, s in table.by_sid.items()}
+    return {s.sid: (s.digest, dict(s.data)) for s in table.states()}
 
 
 def prefix_states(recs: list[r.Record], base: SessionTable | None = None) -> list[Any]:
@@ -296,7 +296,7 @@ def test_resealed_snapshot(sessions: list[r.Create], version: int, block_size: i
             check_located(exc, d, files)
             return
         loaded.table._check()
-        for state in loaded.table.by_sid.values():
+        for state in loaded.table.states():
             try:
                 _ = state.data
             except (walsess.CorruptionError, walsess.FormatError) as exc:

@@ -8,6 +8,7 @@ then wait beside it; compaction copies an unread session's block as it is.
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ QUIET: dict[str, Any] = {"cleanup_interval": None, "compact_ratio": None}
 
 
 def states(store: walsess.Store) -> list[SessionState]:
-    return list(store._table.by_sid.values())
+    return store._table.states()
 
 
 def build(path: str, clock: FakeClock, n: int = 20, compact: bool = True) -> dict[str, Any]:
@@ -169,3 +170,90 @@ def test_stats_decodes_no_session(tmp_path: Path, clock: FakeClock) -> None:
     with walsess.open(path, clock=clock, **QUIET) as store:
         assert store.stats()["memory_bytes_estimate"] > 0
         assert all(st.packed is not None for st in states(store))
+
+
+# -- snapshot sessions kept as columns until looked up -------------------------------
+
+
+def untaken(store: walsess.Store) -> int:
+    """How many sessions the table still holds as block columns (no SessionState)."""
+    return sum(type(v) is int for v in store._table.by_sid.values())
+
+
+def test_a_snapshot_session_gets_an_object_only_when_looked_up(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = str(tmp_path / "s")
+    made = build(path, clock)
+    tokens = list(made)
+    with walsess.open(path, clock=clock, **QUIET) as store:
+        assert untaken(store) == len(made)
+        listed = {i.ref for i in store.sessions()}
+        store.stats()
+        assert store.snapshot_size() > 0
+        store.compact()  # copies every session from the columns
+        assert untaken(store) == len(made), "listing, stats or compaction kept objects"
+        assert listed == {walsess.tokens.ref_of(walsess.tokens.digest(t)) for t in tokens}
+        assert store.get(tokens[0]) is not None
+        assert untaken(store) == len(made) - 1
+        owned = store.sessions_of("u1")  # takes out u1's sessions, and only those
+        assert len(owned) == sum(1 for i in range(len(made)) if i % 3 == 1)
+        assert untaken(store) == len(made) - 1 - len(owned)  # session 0 is u0's
+        assert store.revoke(owned[0].ref)
+        store._table._check()
+    with walsess.open(path, clock=clock, **QUIET) as store:  # the compacted snapshot
+        got = {t: s.to_dict() for t in tokens if (s := store.get(t)) is not None}
+        assert len(got) == len(made) - 1 and all(got[t] == made[t] for t in got)
+        store._table._check()
+
+
+def test_racing_first_lookups_make_one_state_and_never_revive_a_destroyed_one(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Lookups take no lock, so several threads may find one session's handle
+    at once; exactly one SessionState is made, and a session destroyed by one
+    thread is not brought back by another that saw its handle before."""
+    path = str(tmp_path / "s")
+    made = build(path, clock, n=300)
+    digests = [walsess.tokens.digest(t) for t in made]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        with walsess.open(path, clock=clock, **QUIET) as store:
+            table = store._table
+            start = threading.Barrier(5)
+            seen: list[list[SessionState | None]] = []
+            errors: list[BaseException] = []
+
+            def finder() -> None:
+                found: list[SessionState | None] = []
+                seen.append(found)
+                start.wait()
+                found.extend(map(table.find, digests))
+
+            def destroyer() -> None:
+                start.wait()
+                try:
+                    for token in list(made)[::2]:
+                        assert store.destroy(token)
+                except BaseException as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=finder) for _ in range(4)]
+            threads.append(threading.Thread(target=destroyer))
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(30.0)
+            assert not errors, errors
+            for i, digest in enumerate(digests):
+                now = table.find(digest)
+                if i % 2:
+                    assert now is not None
+                    assert all(found[i] is now for found in seen), "two states for one session"
+                else:
+                    assert now is None, "a destroyed session came back"
+                    assert all(found[i] is None or found[i].digest == b"" for found in seen)
+            table._check()
+    finally:
+        sys.setswitchinterval(old)

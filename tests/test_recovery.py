@@ -78,7 +78,7 @@ def table_state(table: SessionTable) -> State:
             st.meta,
             dict(st.data),
         )
-        for sid, st in table.by_sid.items()
+        for sid, st in ((st.sid, st) for st in table.states())
     }
 
 

@@ -247,7 +247,7 @@ def full_state(table: SessionTable) -> dict[int, tuple[Any, ...]]:
             s.meta,
             s.data,
         )
-        for sid, s in table.by_sid.items()
+        for sid, s in ((s.sid, s) for s in table.states())
     }
 
 
@@ -282,15 +282,16 @@ def check_round_trip(d: str, sessions: list[r.Create], block_size: int, by_write
     assert load_snapshot(path, OS, table, MAX_VALUE) == len(sessions)
     table.end_bulk()
     table._check()
-    assert all(s.packed is not None for s in table.by_sid.values())  # nothing decoded yet
+    assert all(type(v) is int for v in table.by_sid.values())  # no session made yet
+    assert all(s.packed is not None for s in table.views())  # nothing decoded yet
+    assert all(s.packed is not None for s in table.states())  # made, still not decoded
+    table._check()
     expected = SessionTable()
     for c in sessions:
         expected.apply_create(c)
     assert full_state(table) == full_state(expected)
     assert list(table.expiry) == list(expected.expiry)
-    assert {u: {s.sid for s in ss} for u, ss in table.by_user.items()} == {
-        u: {s.sid for s in ss} for u, ss in expected.by_user.items()
-    }
+    assert table.by_user == expected.by_user
     # (next_sid is only where allocation starts looking; blocks may leave it elsewhere.)
 
 
@@ -511,7 +512,7 @@ def test_negative_deadline_breaks_the_expiry_index(tmp_path: Path) -> None:
     path = write_store(tmp_path, snapshot_records(sessions_of(2, idle_deadline=-10.0), 2))
     table = load(path)
     table._check()
-    table.touch(table.by_sid[1], 50.0, 100.0)
+    table.touch(table.state(1), 50.0, 100.0)  # type: ignore[arg-type]
     table._check()
 
 

@@ -235,7 +235,7 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     snap_bytes, log_bytes = StoreDirectory(args.dir, OS).sizes()
     table = loaded.table
     now = time.time()
-    live = sum(1 for st in table.by_sid.values() if st.live_at(now))
+    live = sum(1 for st in table.views() if st.live_at(now))
     users = len(table.by_user)
     info = {
         "directory": args.dir,

@@ -216,7 +216,7 @@ class Compactor:
         """
         self._check_open()
         with self._lock:
-            return snapshot_size(list(self._table.by_sid.values()))
+            return snapshot_size(self._table.views())
 
     def _compact(self) -> Compaction:
         started = time.monotonic()
@@ -240,7 +240,7 @@ class Compactor:
             raise StorageError(f"compaction could not create a snapshot: {exc}") from exc
         try:
             chunk_sessions = CHUNK_SESSIONS
-            find = self._table.by_sid.get
+            find = self._table.view
             for i in range(0, len(keys), chunk_sessions):
                 # Taken out chunk by chunk, so no single step holds the
                 # interpreter for long (a list of a million is ~40 ms in one call).

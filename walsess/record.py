@@ -273,16 +273,27 @@ class Block(NamedTuple):
     """
 
     sids: list[int]
-    digests: list[bytes]
-    created_at: list[float]
-    ttl: list[float]
-    idle_deadline: list[float]
-    hard_deadline: list[float]
+    #: The digests, 32 bytes each, as one bytes object (see :attr:`digests`).
+    digest_column: bytes
+    created_at: array[float]
+    ttl: array[float]
+    idle_deadline: array[float]
+    hard_deadline: array[float]
     users: list[str | None]
     metas: list[bytes | None]
     area: bytes
     ends: array[int]
     area_at: int
+
+    @property
+    def digests(self) -> list[bytes]:
+        """Session *i*'s digest is ``digests[i]`` (made on each use: O(n))."""
+        return list(_digests(len(self.sids), f"{DIGEST_SIZE}s").unpack(self.digest_column))
+
+    def digest_prefixes(self, size: int) -> list[bytes]:
+        """The first *size* bytes of every digest (ref keys), in one C call."""
+        each = f"{size}s{DIGEST_SIZE - size}x"
+        return list(_digests(len(self.sids), each).unpack(self.digest_column))
 
 
 def block_item(area: bytes, ends: array[int], i: int) -> bytes:
@@ -608,7 +619,7 @@ def encode_record(record: Record) -> bytes:
     if isinstance(record, Modify):
         return encode_modify(record.sid, record.clear, [(k.encode(), v) for k, v in record.changes])
     if isinstance(record, Block):
-        return encode_block(*record[:8], block_items(record))
+        return encode_block(record.sids, record.digests, *record[2:8], block_items(record))
     return encode_touch(record.sid, record.idle_deadline, record.ttl)
 
 
@@ -783,12 +794,13 @@ def _decode_block(n: int, buf: bytes, start: int, end: int) -> Block:
     at = start
     sids = _read_column("I", mv[at : at + 4 * n]).tolist()
     at += 4 * n
-    digests = list(_digests(n).unpack_from(buf, at))
+    digest_column = buf[at : at + DIGEST_SIZE * n]
     at += DIGEST_SIZE * n
     floats = []
     for _ in range(4):
-        floats.append(_read_column("d", mv[at : at + 8 * n]).tolist())
+        floats.append(_read_column("d", mv[at : at + 8 * n]))
         at += 8 * n
+    at_refs = at
     user_refs = _read_column("I", mv[at : at + 4 * n])
     meta_refs = _read_column("I", mv[at + 4 * n : at + 8 * n])
     ends_at = at + 8 * n
@@ -815,17 +827,17 @@ def _decode_block(n: int, buf: bytes, start: int, end: int) -> Block:
         user_table: list[str | None] = [None, *(u.decode() for u in raw_users)]
     except UnicodeDecodeError:
         raise _malformed("a user is not UTF-8", users_at) from None
-    if max(user_refs) >= len(user_table):
+    if _refs_beyond(user_table, buf, at_refs, n):
         raise _malformed(f"user number {max(user_refs)} is not in the block's table", users_at)
     meta_table: list[bytes | None] = [None, *metas_table]
-    if max(meta_refs) >= len(meta_table):
+    if _refs_beyond(meta_table, buf, at_refs + 4 * n, n):
         raise _malformed(f"metadata number {max(meta_refs)} is not in the table", metas_at)
     if ends[-1] != end - at or any(map(int.__gt__, ends[:-1], ends[1:])):
         raise _malformed("item block offsets are out of order or out of range", ends_at)
     created, ttl, idle, hard = floats
     return Block(
         sids,
-        digests,
+        digest_column,
         created,
         ttl,
         idle,
@@ -838,17 +850,27 @@ def _decode_block(n: int, buf: bytes, start: int, end: int) -> Block:
     )
 
 
-def _digests(n: int) -> struct.Struct:
-    """The struct of *n* digests in a row: one C call slices them all."""
-    st = _DIGEST_STRUCTS.get(n)
+def _digests(n: int, each: str) -> struct.Struct:
+    """The struct of *n* digests in a row, each read by the format *each*: one C
+    call slices them all."""
+    st = _DIGEST_STRUCTS.get((n, each))
     if st is None:
-        st = struct.Struct(f"{DIGEST_SIZE}s" * n)
+        st = struct.Struct(each * n)
         if len(_DIGEST_STRUCTS) < 64:
-            _DIGEST_STRUCTS[n] = st
+            _DIGEST_STRUCTS[n, each] = st
     return st
 
 
-_DIGEST_STRUCTS: dict[int, struct.Struct] = {}
+_DIGEST_STRUCTS: dict[tuple[int, str], struct.Struct] = {}
+
+
+def _refs_beyond(table: list[Any], buf: bytes, at: int, n: int) -> bool:
+    """True if a u32 reference column of *n* at ``buf[at:]`` holds a number
+    past *table*. A table of none but "no value" (the usual owner and metadata
+    column of anonymous sessions) needs every byte zero: one C scan."""
+    if len(table) == 1:
+        return buf.count(0, at, at + 4 * n) != 4 * n
+    return bool(max(_read_column("I", buf[at : at + 4 * n])) >= len(table))
 
 
 def _ends(base: int, lengths: Iterable[int]) -> Iterator[int]:

@@ -595,7 +595,7 @@ class Store:
         """Destroy the session named by its public *ref* (as shown in device lists)."""
         self._check_open()
         key = tokens.parse_ref(ref)
-        st = None if key is None else self._table.by_ref.get(key)
+        st = None if key is None else self._table.find_ref(key)
         if st is None or not st.live_at(self.clock()):
             return False
         return self._destroy(st, st.digest, rec.DestroyReason.REVOKED)
@@ -812,7 +812,7 @@ class Store:
         self._check_open()
         now = self.clock()
         with self._lock:
-            infos = [self._info(st) for st in self._table.by_sid.values() if st.live_at(now)]
+            infos = [self._info(st) for st in self._table.views() if st.live_at(now)]
         return iter(infos)
 
     def sessions_of(self, user: str) -> list[SessionInfo]:
@@ -986,7 +986,7 @@ class Store:
             stored = len(self._table)
             expired = self._expiry.expired_now(now)
             appended = self._log.appends
-            sample = list(self._table.by_sid.values())[:256]
+            sample = self._table.views()[:256]
         compaction = self._compaction
         live = compaction.live_bytes()
         return {

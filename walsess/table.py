@@ -25,14 +25,15 @@ import operator
 import sys
 import threading
 from array import array
-from collections.abc import Callable, Iterable, Iterator
-from itertools import compress, repeat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import compress, islice, repeat
 from typing import Any, NamedTuple, Union
 
 from sortedcontainers import SortedList
 
 from .errors import CorruptionError, FileError, StoreFull
 from .record import (
+    DIGEST_SIZE,
     MAX_PAYLOAD_BYTES,
     MAX_SID,
     Block,
@@ -72,13 +73,19 @@ def _expiry_key(deadline: float, sid: int) -> int:
     return (math.floor(max(0.0, min(_NEVER, deadline)) * 1000.0) << _SID_BITS) | sid
 
 
-def _expiry_keys(sids: list[int], idle: list[float], hard: list[float]) -> Iterator[int]:
+def _expiry_keys(
+    sids: Sequence[int], idle: Sequence[float], hard: Sequence[float]
+) -> Iterator[int]:
     """:func:`_expiry_key` of whole columns, in C: no Python frame per session."""
     # Usually every session expires idle before its hard deadline (often inf):
     # then the idle column is the deadlines. (NaN compares false either way.)
-    soonest = idle if idle and min(hard) >= max(idle) else list(map(min, idle, hard))
+    latest = max(idle) if idle else 0.0
+    soonest: Sequence[float] = idle
+    if not (idle and min(hard) >= latest):
+        soonest = list(map(min, idle, hard))
+        latest = max(soonest) if soonest else 0.0
     total = sum(soonest)  # NaN if any is NaN (or both infinities are there)
-    if not (total == total and min(soonest) >= 0.0 and max(soonest) < _NEVER):
+    if not (total == total and latest < _NEVER and min(soonest) >= 0.0):
         soonest = list(map(max, repeat(0.0), map(min, repeat(_NEVER), soonest)))
     ms = map(math.floor, map((1000.0).__mul__, soonest))
     return map(int.__or__, map(int.__lshift__, ms, repeat(_SID_BITS)), sids)
@@ -213,9 +220,20 @@ class SessionState:
 
 
 _UNPACK_LOCK = threading.Lock()
+_TAKE_LOCK = threading.Lock()  # SessionTable._take: one thread makes a block session's state
 # Idle timeouts and hard deadlines repeat across sessions (often inf, or one
 # configured ttl): loading shares one float object per distinct value.
 _shared_floats: dict[float, float] = {}
+
+
+def _share(x: float) -> float:
+    """The shared float object equal to *x* (a bounded cache, like the loader's)."""
+    y = _shared_floats.get(x)
+    if y is None:
+        if len(_shared_floats) >= 64:
+            _shared_floats.clear()
+        _shared_floats[x] = y = x
+    return y
 
 
 def sids_of(keys: Iterable[int]) -> list[int]:
@@ -223,7 +241,6 @@ def sids_of(keys: Iterable[int]) -> list[int]:
     return list(map(_SID_MASK.__and__, keys))
 
 
-_ref_of_digest = operator.itemgetter(slice(0, REF_BYTES))  # ref_key, in C
 _indexed_of = operator.attrgetter("indexed")
 _user_of = operator.attrgetter("user")
 
@@ -251,6 +268,53 @@ class BlockOrigin(NamedTuple):
 Origin = Union[tuple[FileOrigin, int], BlockOrigin]  # noqa: UP007 - a runtime alias on 3.10
 
 
+class BlockColumns:
+    """The sessions of one snapshot BLOCK record that nothing has looked up yet,
+    kept column by column: about 80 bytes a session (plus its item block)
+    instead of a :class:`SessionState` and its fields.
+
+    The table's dicts map such a session's SID and ref key to a *handle*
+    (``block number << 16 | i``); the first lookup turns it into a
+    :class:`SessionState` (:meth:`SessionTable.state`), which replaces the
+    handle in both dicts. ``taken[i]`` is 1 once session *i* has been.
+    """
+
+    __slots__ = ("created_at", "digests", "hard_deadline", "idle_deadline", "keys", "left",
+                 "metas", "origin", "sids", "taken", "ttl", "users")  # fmt: skip
+
+    def __init__(self, block: Block, origin: BlockOrigin, keys: list[int]) -> None:
+        self.sids = block.sids
+        self.digests = block.digest_column
+        self.created_at = block.created_at
+        self.ttl = block.ttl
+        self.idle_deadline = block.idle_deadline
+        self.hard_deadline = block.hard_deadline
+        self.users = block.users
+        self.metas = block.metas
+        self.origin = origin
+        #: Expiry index keys, until the indexes are built (end of the bulk load).
+        self.keys: list[int] | None = keys
+        self.taken = bytearray(len(block.sids))
+        self.left = len(block.sids)
+
+    def state(self, i: int, indexed: int) -> SessionState:
+        """Session *i* as a :class:`SessionState` (its item block still packed)."""
+        idle, hard = self.idle_deadline[i], self.hard_deadline[i]
+        ttl = self.ttl[i]
+        return SessionState(self.sids[i], self.digests[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE],
+                            self.created_at[i], _share(ttl), idle,
+                            _share(hard), self.users[i], self.metas[i], None, i,
+                            self.origin, indexed)  # fmt: skip
+
+    def untaken(self, column: Iterable[Any]) -> Iterator[Any]:
+        """The values of *column* for the sessions not yet taken out."""
+        return compress(column, map(operator.not_, self.taken))
+
+
+_HANDLE_BITS = 16  # MAX_BLOCK_SESSIONS < 2**16
+_HANDLE_MASK = (1 << _HANDLE_BITS) - 1
+
+
 def _max_value(origin: Origin | None) -> int:
     return MAX_PAYLOAD_BYTES if origin is None else origin[0].max_value
 
@@ -275,12 +339,25 @@ class SessionTable:
     During replay (:meth:`begin_bulk` .. :meth:`end_bulk`) the expiry and
     user indexes are not maintained record by record but built once at the
     end, which is what keeps opening a large store linear.
+
+    The sessions of a snapshot stay in their blocks' columns
+    (:class:`BlockColumns`) until something looks them up by SID or ref key;
+    only then does a session get its :class:`SessionState` (about 0.5 us
+    once). So opening a store costs two dict entries per session, and a
+    store whose sessions are mostly never read between two restarts holds
+    less than a plain dict of them would. Listing and compaction read the
+    columns through :meth:`views` and leave them as they are.
     """
 
     def __init__(self) -> None:
-        self.by_sid: dict[int, SessionState] = {}
-        self.by_ref: dict[bytes, SessionState] = {}
-        self.by_user: dict[str, set[SessionState]] = {}
+        #: SID -> session, or a handle into ``_blocks`` for one not looked up
+        #: yet: use :meth:`state`, which resolves handles.
+        self.by_sid: dict[int, SessionState | int] = {}
+        #: Ref key -> session or handle, as ``by_sid``: use :meth:`find`.
+        self.by_ref: dict[bytes, SessionState | int] = {}
+        #: User -> the SIDs of their sessions.
+        self.by_user: dict[str, set[int]] = {}
+        self._blocks: list[BlockColumns | None] = []
         self.expiry: SortedList = SortedList()
         self.next_sid = 1
         self._bulk = False
@@ -301,7 +378,74 @@ class SessionTable:
         return len(self.by_sid)
 
     def __iter__(self) -> Iterator[SessionState]:
-        return iter(list(self.by_sid.values()))
+        return iter(self.states())
+
+    def states(self) -> list[SessionState]:
+        """Every session, as a :class:`SessionState` kept in the table (O(n);
+        the sessions of a snapshot not looked up yet are made now)."""
+        for handle in [st for st in self.by_sid.values() if type(st) is int]:
+            self._take(handle)
+        return [st for st in self.by_sid.values() if isinstance(st, SessionState)]
+
+    def views(self, limit: int | None = None) -> list[SessionState]:
+        """Every session (or the first *limit*), for reading only: a session not
+        looked up yet is described by a new :class:`SessionState` the table
+        does not keep, so listing or compacting a store does not make it hold
+        one per session."""
+        values = (
+            list(self.by_sid.values())
+            if limit is None
+            else list(islice(self.by_sid.values(), limit))
+        )
+        return [st if isinstance(st, SessionState) else self._view(st) for st in values]
+
+    def _view(self, handle: int) -> SessionState:
+        cols = self._blocks[handle >> _HANDLE_BITS]
+        assert cols is not None
+        return cols.state(handle & _HANDLE_MASK, -1)
+
+    def _filed_key(self, cols: BlockColumns, i: int) -> int:
+        """The expiry index's own key object for block session *i* (an equal
+        int would do, but sharing the object saves 36 bytes a session)."""
+        key = _expiry_key(min(cols.idle_deadline[i], cols.hard_deadline[i]), cols.sids[i])
+        expiry = self.expiry
+        at = expiry.bisect_left(key)
+        return expiry[at] if at < len(expiry) and expiry[at] == key else key
+
+    def view(self, sid: int) -> SessionState | None:
+        """The session with *sid*, as :meth:`views` describes it, or None."""
+        st = self.by_sid.get(sid)
+        return self._view(st) if type(st) is int else st  # type: ignore[return-value]
+
+    def state(self, sid: int) -> SessionState | None:
+        """The session with *sid*, or None (one dict probe; the first lookup of a
+        snapshot session not looked up yet also makes its SessionState)."""
+        st = self.by_sid.get(sid)
+        if type(st) is int and self._take(st):
+            st = self.by_sid.get(sid)
+        return st  # type: ignore[return-value]
+
+    def _take(self, handle: int) -> bool:
+        """Make and keep the SessionState of the block session *handle*, unless
+        another thread did first (lookups take no lock, so two may try).
+        Either way, the dicts hold a SessionState for it (or nothing, if it was
+        destroyed meanwhile) when this returns True; look it up again."""
+        with _TAKE_LOCK:
+            cols = self._blocks[handle >> _HANDLE_BITS]
+            i = handle & _HANDLE_MASK
+            if cols is None or cols.taken[i]:
+                return True
+            st = cols.state(i, -1 if self._bulk else self._filed_key(cols, i))
+            # by_ref first: a lookup that finds the state there may look at by_sid
+            self.by_ref[st.digest[:REF_BYTES]] = st
+            self.by_sid[st.sid] = st
+            cols.taken[i] = 1
+            cols.left -= 1
+            if not cols.left:
+                self._blocks[handle >> _HANDLE_BITS] = None  # every session taken: free them
+            if self._bulk:
+                self._unindexed.append(st)  # indexed at end_bulk
+            return True
 
     # -- bulk loading -----------------------------------------------------------
 
@@ -320,19 +464,35 @@ class SessionTable:
             if st.digest is not DEAD:
                 st.indexed = _expiry_key(min(st.idle_deadline, st.hard_deadline), st.sid)
         self._unindexed = []
-        states = self.by_sid.values()
-        self.expiry = SortedList(map(_indexed_of, states))
-        by_user: dict[str, set[SessionState]] = {}
+        values = list(self.by_sid.values())
+        states: list[SessionState] = list(
+            compress(values, map(operator.not_, map(isinstance, values, repeat(int))))  # type: ignore[arg-type]
+        )
+        keys = list(map(_indexed_of, states))
+        by_user: dict[str, set[int]] = {}
         for st in compress(states, map(operator.is_not, map(_user_of, states), repeat(None))):
             assert st.user is not None
-            by_user.setdefault(st.user, set()).add(st)
+            by_user.setdefault(st.user, set()).add(st.sid)
+        for cols in self._blocks:
+            if cols is None or cols.keys is None:
+                continue
+            keys.extend(cols.untaken(cols.keys))
+            cols.keys = None
+            users = list(cols.untaken(cols.users))
+            sids = list(cols.untaken(cols.sids))
+            for user, sid in compress(
+                zip(users, sids, strict=True), map(operator.is_not, users, repeat(None))
+            ):
+                by_user.setdefault(user, set()).add(sid)
+        self.expiry = SortedList(keys)
         self.by_user = by_user
 
     def renumber(self) -> None:
         """Give the sessions SIDs 1..n in their order, and index them again."""
-        states = sorted(self.by_sid.values(), key=lambda st: st.sid)
+        states = sorted(self.states(), key=lambda st: st.sid)
         self.begin_bulk()
         self.by_sid = {}
+        self._blocks = []  # every session was taken out above
         for new_sid, st in enumerate(states, start=1):
             st.sid = new_sid
             self.by_sid[new_sid] = st
@@ -342,8 +502,8 @@ class SessionTable:
 
     def load_block(self, block: Block, path: str, offset: int, max_value: int) -> None:
         """Add the sessions of a snapshot BLOCK record read at *offset* of *path*,
-        leaving their item blocks packed. Bulk only; C-level maps, no per-record
-        objects beyond the sessions themselves.
+        as columns (:class:`BlockColumns`): no object per session but its SID,
+        ref key and handle. Bulk only; C-level maps throughout.
 
         Raises :class:`CorruptionError` if a SID or ref key is already taken
         (a snapshot holds each session once).
@@ -351,30 +511,17 @@ class SessionTable:
         assert self._bulk, "load_block is for loading: call begin_bulk() first"
         origin = BlockOrigin(FileOrigin(path, max_value), offset + block.area_at, block.area,
                              block.ends)  # fmt: skip
-        states = list(
-            map(
-                SessionState,
-                block.sids,
-                block.digests,
-                block.created_at,
-                map(_shared_floats.setdefault, block.ttl, block.ttl),
-                block.idle_deadline,
-                map(_shared_floats.setdefault, block.hard_deadline, block.hard_deadline),
-                block.users,
-                block.metas,
-                repeat(None),
-                range(len(block.sids)),
-                repeat(origin),
-                _expiry_keys(block.sids, block.idle_deadline, block.hard_deadline),
-            )
-        )
-        if len(_shared_floats) > 64:
-            _shared_floats.clear()
+        n = len(block.sids)
+        number = len(self._blocks)
+        keys = list(_expiry_keys(block.sids, block.idle_deadline, block.hard_deadline))
+        self._blocks.append(BlockColumns(block, origin, keys))
+        # one int object per session, shared by both dicts
+        handles = list(range(number << _HANDLE_BITS, (number << _HANDLE_BITS) + n))
         by_sid, by_ref = self.by_sid, self.by_ref
         sessions = len(by_sid)
-        by_sid.update(zip(block.sids, states, strict=True))
-        by_ref.update(zip(map(_ref_of_digest, block.digests), states, strict=True))
-        if len(by_sid) != sessions + len(states) or len(by_ref) != len(by_sid):
+        by_sid.update(zip(block.sids, handles, strict=True))
+        by_ref.update(zip(block.digest_prefixes(REF_BYTES), handles, strict=True))
+        if len(by_sid) != sessions + n or len(by_ref) != len(by_sid):
             raise CorruptionError("a session appears twice in the snapshot", path, offset)
         top = max(block.sids)
         if top >= self.next_sid:
@@ -388,10 +535,20 @@ class SessionTable:
         A plain comparison is safe here: timing can at most reveal a prefix of
         a digest, and a digest of a 256-bit token cannot be inverted.
         """
-        st = self.by_ref.get(digest[:8])
-        if st is not None and st.digest == digest:
-            return st
+        ref = digest[:REF_BYTES]
+        st = self.by_ref.get(ref)
+        if type(st) is int and self._take(st):
+            st = self.by_ref.get(ref)
+        if st is not None and st.digest == digest:  # type: ignore[union-attr]
+            return st  # type: ignore[return-value]
         return None
+
+    def find_ref(self, ref: bytes) -> SessionState | None:
+        """The session whose ref key is *ref* (see :func:`walsess.tokens.ref_key`), or None."""
+        st = self.by_ref.get(ref)
+        if type(st) is int and self._take(st):
+            st = self.by_ref.get(ref)
+        return st  # type: ignore[return-value]
 
     def ref_taken(self, digest: bytes) -> bool:
         """True if a session already uses the ref key of *digest*."""
@@ -399,16 +556,17 @@ class SessionTable:
 
     def of_user(self, user: str) -> list[SessionState]:
         """The stored sessions of *user* (expired ones included), oldest first."""
-        return sorted(self.by_user.get(user, ()), key=lambda st: (st.created_at, st.sid))
+        states = [st for st in map(self.state, self.by_user.get(user, ())) if st is not None]
+        return sorted(states, key=lambda st: (st.created_at, st.sid))
 
     def expiring(self, now: float) -> list[SessionState]:
         """Sessions whose indexed deadline is at or before *now*: the candidates
         for expiry. Reads may have extended some of them in memory since."""
         bound = _expiry_key(now, _SID_MASK)
-        by_sid = self.by_sid
+        state = self.state
         out = []
         for key in self.expiry.irange(maximum=bound):
-            st = by_sid.get(key & _SID_MASK)
+            st = state(key & _SID_MASK)
             if st is not None and st.indexed == key:
                 out.append(st)
         return out
@@ -443,7 +601,7 @@ class SessionTable:
     def set_key(self, sid: int, key: str, value: bytes) -> None:
         """Replay's fast path: one key set by a MODIFY record. A session whose
         item block is still packed keeps the key beside it, undecoded."""
-        st = self.by_sid.get(sid)
+        st = self.state(sid)
         if st is not None:
             data = st._data
             if data is None:
@@ -453,7 +611,7 @@ class SessionTable:
 
     def touch_sid(self, sid: int, idle_deadline: float, ttl: float) -> None:
         """Replay's fast path for a TOUCH record."""
-        st = self.by_sid.get(sid)
+        st = self.state(sid)
         if st is not None:
             self.touch(st, idle_deadline, ttl)
 
@@ -495,7 +653,7 @@ class SessionTable:
         """Replaying a CREATE: no other session may hold its ref key. The store
         never gives two sessions one ref (``revoke(ref)`` names one session), so a
         file that does is corrupt."""
-        other = self.by_ref.get(ref)
+        other = self.find_ref(ref)
         if other is not None and other.sid != sid:
             raise CorruptionError(
                 "two sessions share a ref key (the first 8 bytes of their digests)", path, offset
@@ -520,7 +678,7 @@ class SessionTable:
     def insert(self, st: SessionState) -> SessionState:
         """Add a new session (replacing any with its SID, as replaying a CREATE does)."""
         sid = st.sid
-        old = self.by_sid.get(sid)
+        old = self.state(sid)
         if old is not None:
             self.remove(old)
         self.by_sid[sid] = st
@@ -532,7 +690,7 @@ class SessionTable:
         else:
             self.reindex(st, min(st.idle_deadline, st.hard_deadline))
             if st.user is not None:
-                self.by_user.setdefault(st.user, set()).add(st)
+                self.by_user.setdefault(st.user, set()).add(sid)
         return st
 
     def reindex(self, st: SessionState, deadline: float) -> None:
@@ -558,7 +716,7 @@ class SessionTable:
         if st.user is not None:
             owned = self.by_user.get(st.user)
             if owned is not None:
-                owned.discard(st)
+                owned.discard(st.sid)
                 if not owned:
                     del self.by_user[st.user]
         st.digest = DEAD
@@ -594,22 +752,22 @@ class SessionTable:
         raise CorruptionError("a snapshot's BLOCK record in a log", None, None)
 
     def _apply_destroy(self, r: Destroy) -> None:
-        st = self.by_sid.get(r.sid)
+        st = self.state(r.sid)
         if st is not None:
             self.remove(st)
 
     def _apply_change_id(self, r: ChangeId) -> None:
-        st = self.by_sid.get(r.sid)
+        st = self.state(r.sid)
         if st is not None:
             self.change_digest(st, r.digest)
 
     def _apply_modify(self, r: Modify) -> None:
-        st = self.by_sid.get(r.sid)
+        st = self.state(r.sid)
         if st is not None:
             self.modify(st, r.clear, r.changes)
 
     def _apply_touch(self, r: Touch) -> None:
-        st = self.by_sid.get(r.sid)
+        st = self.state(r.sid)
         if st is not None:
             self.touch(st, r.idle_deadline, r.ttl)
 
@@ -619,7 +777,17 @@ class SessionTable:
         """Assert every invariant between the indexes (for tests, as sortedcontainers does)."""
         assert not self._bulk
         assert len(self.by_ref) == len(self.by_sid) == len(self.expiry)
-        for sid, st in self.by_sid.items():
+        for sid, value in list(self.by_sid.items()):
+            if not isinstance(value, SessionState):  # a block session not taken out yet
+                cols = self._blocks[value >> _HANDLE_BITS]
+                assert cols is not None and not cols.taken[value & _HANDLE_MASK]
+                assert cols.sids[value & _HANDLE_MASK] == sid
+                view = self._view(value)
+                assert self.by_ref[ref_key(view.digest)] == value
+                assert _expiry_key(view.expires_at, sid) in self.expiry
+                assert view.user is None or sid in self.by_user[view.user]
+                continue
+            st = value
             assert st.sid == sid and st.digest is not DEAD
             assert self.by_ref[ref_key(st.digest)] is st
             assert st.indexed == _expiry_key(min(st.idle_deadline, st.hard_deadline), sid) or (
@@ -627,7 +795,8 @@ class SessionTable:
             )
             assert st.indexed in self.expiry
             if st.user is not None:
-                assert st in self.by_user[st.user]
+                assert sid in self.by_user[st.user]
         assert sum(len(v) for v in self.by_user.values()) == sum(
-            1 for st in self.by_sid.values() if st.user is not None
+            1 for st in self.views() if st.user is not None
         )
+        assert all(cols is None or (cols.left and cols.keys is None) for cols in self._blocks)
