@@ -117,9 +117,9 @@ def see_other(path: str) -> RedirectResponse:
 
 
 def when(timestamp: float) -> str:
-    """A store timestamp (seconds since the epoch) as a UTC date and time."""
+    """A store timestamp (seconds since the epoch) as a UTC date and time, to the minute."""
     moment = datetime.fromtimestamp(timestamp, timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def button(action: str, label: str, **fields: str) -> str:
@@ -138,11 +138,12 @@ STYLE = """
 body { font: 16px/1.45 system-ui, sans-serif; margin: 0; color: #222; }
 nav { background: #234; padding: .6em 1.5em; }
 nav a { color: #fff; margin-right: 1.5em; text-decoration: none; }
-main { padding: .5em 1.5em 2em; max-width: 70em; }
+main { padding: .5em 1.5em 2em; }
 table { border-collapse: collapse; margin: .5em 0 1em; }
 th, td { border-bottom: 1px solid #ccc; padding: .35em .8em .35em 0; text-align: left;
-         vertical-align: top; }
-td.agent { font-size: .8em; max-width: 22em; overflow-wrap: anywhere; }
+         vertical-align: top; white-space: nowrap; }
+td.agent { font-size: .8em; min-width: 18em; max-width: 24em; white-space: normal;
+           overflow-wrap: anywhere; }
 tr.current { background: #eef6ee; }
 form { display: inline; margin: 0 .3em 0 0; }
 button { font: inherit; padding: .15em .7em; }
@@ -284,7 +285,7 @@ async def devices(request: Request) -> RedirectResponse | HTMLResponse:
     return page(
         "Your devices",
         f"""<p>Where <strong>{html.escape(user)}</strong> is signed in:</p>
-<table id="devices"><tr><th>Session</th><th>Browser</th><th>IP</th><th>Signed in</th>
+<table id="devices"><tr><th>Session</th><th>Browser</th><th>IP</th><th>Created</th>
 <th>Last seen</th><th>Expires</th><th></th></tr>
 {"".join(rows)}</table>
 <p>{button("/devices/sign-out-others", "Sign out all other devices")}</p>

@@ -38,6 +38,8 @@ class Framework:
     argv: tuple[str, ...]
     cookie: str
     env: tuple[tuple[str, str], ...] = ()
+    #: The environment variable the app reads its store directory from.
+    store_env: str = "WALSESS_E2E_STORE"
 
 
 def _command(args: str) -> tuple[str, ...]:
@@ -61,6 +63,15 @@ FRAMEWORKS = {
         env=(("DJANGO_SETTINGS_MODULE", "django_settings"),),
     ),
 }
+
+
+#: The example application (examples/app.py), served as the README says: one uvicorn worker.
+EXAMPLE_APP = Framework(
+    "example",
+    _command(f"{_UVICORN} examples.app:app"),
+    cookie="session",
+    store_env="WALSESS_EXAMPLE_DIR",
+)
 
 
 class ServerFailed(AssertionError):
@@ -195,7 +206,7 @@ def spawn(framework: Framework, store_dir: Path, output: Path) -> Server:
         fd = listener.fileno()
         env = dict(os.environ)
         env.update(framework.env)
-        env["WALSESS_E2E_STORE"] = str(store_dir)
+        env[framework.store_env] = str(store_dir)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(APPS), str(CHECKOUT), *filter(None, [env.get("PYTHONPATH")])]
         )
