@@ -1,4 +1,5 @@
-"""Start, probe and stop real server processes serving the apps in ``apps/``.
+"""Start, probe and stop real server processes serving the apps in ``apps/``
+(and the example app, ``examples/app.py``).
 
 Each server gets a listening socket the test process bound on 127.0.0.1 to a
 free port and hands over by file descriptor (``gunicorn --bind fd://N``,

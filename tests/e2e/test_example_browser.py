@@ -43,9 +43,9 @@ SCREENSHOT = CHECKOUT / "docs" / "example-devices.png"
 #: The longest any one page load or wait may take, in seconds: a bound, never a sleep.
 WAIT = 20.0
 
-_MISSING = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None] + (
-    [] if HAVE_SELENIUM else ["selenium"]
-)
+_MISSING = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+if not HAVE_SELENIUM:
+    _MISSING.append("selenium")
 pytestmark = [
     pytest.mark.skipif(
         bool(_MISSING),
@@ -131,11 +131,11 @@ class Device:
 
     def cart(self) -> list[tuple[str, str]]:
         """The cart's (product, quantity) lines as the shop page shows them."""
-        rows = self.find("#cart tr")[1:]  # after the header row
-        return [
-            (r.find_elements(By.TAG_NAME, "td")[0].text, r.find_elements(By.TAG_NAME, "td")[1].text)
-            for r in rows
-        ]
+        lines = []
+        for row in self.find("#cart tr")[1:]:  # after the header row
+            product, quantity = (td.text for td in row.find_elements(By.TAG_NAME, "td")[:2])
+            lines.append((product, quantity))
+        return lines
 
 
 @pytest.fixture
