@@ -1,4 +1,5 @@
-"""Start, probe and stop real server processes serving the apps in ``apps/``.
+"""Start, probe and stop real server processes serving the apps in ``apps/``
+(and the example app, ``examples/app.py``).
 
 Each server gets a listening socket the test process bound on 127.0.0.1 to a
 free port and hands over by file descriptor (``gunicorn --bind fd://N``,
@@ -38,6 +39,8 @@ class Framework:
     argv: tuple[str, ...]
     cookie: str
     env: tuple[tuple[str, str], ...] = ()
+    #: The environment variable the app reads its store directory from.
+    store_env: str = "WALSESS_E2E_STORE"
 
 
 def _command(args: str) -> tuple[str, ...]:
@@ -61,6 +64,15 @@ FRAMEWORKS = {
         env=(("DJANGO_SETTINGS_MODULE", "django_settings"),),
     ),
 }
+
+
+#: The example application (examples/app.py), served as the README says: one uvicorn worker.
+EXAMPLE_APP = Framework(
+    "example",
+    _command(f"{_UVICORN} examples.app:app"),
+    cookie="session",
+    store_env="WALSESS_EXAMPLE_DIR",
+)
 
 
 class ServerFailed(AssertionError):
@@ -195,7 +207,7 @@ def spawn(framework: Framework, store_dir: Path, output: Path) -> Server:
         fd = listener.fileno()
         env = dict(os.environ)
         env.update(framework.env)
-        env["WALSESS_E2E_STORE"] = str(store_dir)
+        env[framework.store_env] = str(store_dir)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(APPS), str(CHECKOUT), *filter(None, [env.get("PYTHONPATH")])]
         )

@@ -14,7 +14,7 @@ import importlib.util
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .harness import FRAMEWORKS, Framework, Server, spawn, start
+from .harness import FRAMEWORKS, Framework, Server
 
 _MISSING = [
     name
@@ -47,31 +47,6 @@ LOCKED_ADVICE = "run one worker process with threads"
 @pytest.fixture(params=sorted(FRAMEWORKS))
 def framework(request: pytest.FixtureRequest) -> Framework:
     return FRAMEWORKS[request.param]
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """A factory of servers (``servers(framework, store_dir, wait=True)``), each stopped
-    at the end of the test, however it ends."""
-    started: list[Server] = []
-
-    def make(framework: Framework, store_dir: Path, *, wait: bool = True) -> Server:
-        output = tmp_path / f"server-{len(started)}.log"
-        server = (
-            start(framework, store_dir, output) if wait else spawn(framework, store_dir, output)
-        )
-        started.append(server)
-        return server
-
-    yield make
-    errors = []
-    for server in started:  # every one, even if stopping another failed
-        try:
-            server.stop()
-        except Exception as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0]
 
 
 # -- clients ------------------------------------------------------------------------------

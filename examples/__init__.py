@@ -1,0 +1,1 @@
+"""Example applications built on walsess: run ``python -m examples.app`` from the checkout."""
