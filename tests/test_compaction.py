@@ -1052,7 +1052,7 @@ def test_snapshot_holds_what_the_doc_says(store_dir: str, clock: FakeClock) -> N
     i = block.digests.index(digest(a.id))
     assert block.users[i] == "alice" and block.metas[i] == b'{"ip":"1"}'
     assert block.idle_deadline[i] == clock.now + 1000.0  # the in-memory one
-    assert wrecord.decode_item_block(wrecord.block_item(block.area, block.ends, i)) == {"k": b"[1]"}
+    assert wrecord.decode_item_block(block.item(i)) == {"k": b"[1]"}
     assert c.sessions == 2 and c.snapshot_bytes == len(image)
     store.close()
 

@@ -72,7 +72,6 @@ __all__ = [
     "Stop",
     "Touch",
     "block_creates",
-    "block_item",
     "block_items",
     "crc32c",
     "decode_header",
@@ -262,48 +261,143 @@ class End(NamedTuple):
     sessions: int
 
 
-class Block(NamedTuple):
+class Block:
     """Up to :data:`MAX_BLOCK_SESSIONS` sessions of a version 2 snapshot (op 6),
-    decoded column by column; session *i* is ``sids[i]``, ``digests[i]`` and so on.
+    kept as the record's payload: one bytes object, columns read from it on
+    demand. Session *i* is ``sids[i]``, ``digests[i]`` and so on; each of those
+    properties builds its whole column (O(n), for tools and tests), while
+    :meth:`session` and :meth:`item` read one session's fields (O(1)).
 
-    The item blocks are not sliced apart: session *i*'s is
-    ``area[ends[i - 1]:ends[i]]`` (from 0 for the first; :func:`block_item`),
-    and ``area`` starts at offset ``area_at`` of the record, which is what an
-    error found when an item block is decoded names.
+    Why one object: a loaded store keeps each block until its sessions have
+    all been read, and one allocation per block is what the allocator can
+    give back to the system afterwards. Session *i*'s item block is
+    ``area[ends[i - 1]:ends[i]]`` (from 0 for the first); ``area`` starts at
+    offset ``area_at`` of the record, which errors found when an item block
+    is decoded name.
     """
 
-    sids: list[int]
-    #: The digests, 32 bytes each, as one bytes object (see :attr:`digests`).
-    digest_column: bytes
-    created_at: array[float]
-    ttl: array[float]
-    idle_deadline: array[float]
-    hard_deadline: array[float]
-    users: list[str | None]
-    metas: list[bytes | None]
-    area: bytes
-    ends: array[int]
-    area_at: int
+    __slots__ = ("area_at", "area_start", "meta_table", "n", "payload", "user_table")
+
+    def __init__(
+        self,
+        n: int,
+        payload: bytes,
+        area_start: int,
+        user_table: list[str | None],
+        meta_table: list[bytes | None],
+    ) -> None:
+        self.n = n
+        #: The record's payload, checked by :func:`decode_record`.
+        self.payload = payload
+        #: Where the item area starts in ``payload``.
+        self.area_start = area_start
+        self.area_at = area_start + _HEAD_SIZE
+        #: Owners and metadata by reference number (0: none).
+        self.user_table = user_table
+        self.meta_table = meta_table
+
+    def __repr__(self) -> str:
+        return f"Block(n={self.n}, {len(self.payload)} bytes)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Block) and other.payload == self.payload
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def _column(self, code: str, column: int, width: int) -> array[Any]:
+        at = column * self.n
+        return _read_column(code, memoryview(self.payload)[at : at + width * self.n])
+
+    @property
+    def sids(self) -> list[int]:
+        return self._column("I", 0, 4).tolist()
+
+    @property
+    def digest_column(self) -> bytes:
+        """The digests, 32 bytes each, as one bytes object."""
+        return self.payload[4 * self.n : _FLOATS_AT * self.n]
 
     @property
     def digests(self) -> list[bytes]:
-        """Session *i*'s digest is ``digests[i]`` (made on each use: O(n))."""
-        return list(_digests(len(self.sids), f"{DIGEST_SIZE}s").unpack(self.digest_column))
+        return list(_digests(self.n, f"{DIGEST_SIZE}s").unpack_from(self.payload, 4 * self.n))
 
     def digest_prefixes(self, size: int) -> list[bytes]:
         """The first *size* bytes of every digest (ref keys), in one C call."""
         each = f"{size}s{DIGEST_SIZE - size}x"
-        return list(_digests(len(self.sids), each).unpack(self.digest_column))
+        return list(_digests(self.n, each).unpack_from(self.payload, 4 * self.n))
+
+    @property
+    def created_at(self) -> array[float]:
+        return self._column("d", _FLOATS_AT, 8)
+
+    @property
+    def ttl(self) -> array[float]:
+        return self._column("d", _FLOATS_AT + 8, 8)
+
+    @property
+    def idle_deadline(self) -> array[float]:
+        return self._column("d", _FLOATS_AT + 16, 8)
+
+    @property
+    def hard_deadline(self) -> array[float]:
+        return self._column("d", _FLOATS_AT + 24, 8)
+
+    @property
+    def users(self) -> list[str | None]:
+        return list(map(self.user_table.__getitem__, self._column("I", _REFS_AT, 4)))
+
+    @property
+    def metas(self) -> list[bytes | None]:
+        return list(map(self.meta_table.__getitem__, self._column("I", _REFS_AT + 4, 4)))
+
+    @property
+    def ends(self) -> array[int]:
+        return self._column("I", _ENDS_AT, 4)
+
+    @property
+    def area(self) -> bytes:
+        return self.payload[self.area_start :]
+
+    def session(
+        self, i: int
+    ) -> tuple[int, bytes, float, float, float, float, str | None, bytes | None]:
+        """Session *i*'s fields but its items: sid, digest, created_at, ttl,
+        idle and hard deadlines, user, meta. A few C calls."""
+        n, payload = self.n, self.payload
+        at = _FLOATS_AT * n + 8 * i
+        return (
+            _unpack_u32(payload, 4 * i)[0],
+            payload[4 * n + DIGEST_SIZE * i : 4 * n + DIGEST_SIZE * (i + 1)],
+            _unpack_f64(payload, at)[0],
+            _unpack_f64(payload, at + 8 * n)[0],
+            _unpack_f64(payload, at + 16 * n)[0],
+            _unpack_f64(payload, at + 24 * n)[0],
+            self.user_table[_unpack_u32(payload, _REFS_AT * n + 4 * i)[0]],
+            self.meta_table[_unpack_u32(payload, (_REFS_AT + 4) * n + 4 * i)[0]],
+        )
+
+    def item_start(self, i: int) -> int:
+        """Where session *i*'s item block starts in :attr:`area`."""
+        return _unpack_u32(self.payload, _ENDS_AT * self.n + 4 * (i - 1))[0] if i else 0
+
+    def item(self, i: int) -> bytes:
+        """Session *i*'s item block, as it is in the record (not decoded)."""
+        end = _unpack_u32(self.payload, _ENDS_AT * self.n + 4 * i)[0]
+        area = self.area_start
+        return self.payload[area + self.item_start(i) : area + end]
 
 
-def block_item(area: bytes, ends: array[int], i: int) -> bytes:
-    """Session *i*'s item block in a BLOCK record's item *area* (see :class:`Block`)."""
-    return area[ends[i - 1] if i else 0 : ends[i]]
+# Column offsets of a BLOCK payload, per session (docs/FORMAT.md): SIDs at 0,
+# digests at 4n, the four f64 columns at 36n, owner and metadata references at
+# 68n and 72n, item ends at 76n.
+_FLOATS_AT = 4 + DIGEST_SIZE
+_REFS_AT = _FLOATS_AT + 4 * 8
+_ENDS_AT = _REFS_AT + 8
 
 
 def block_items(block: Block) -> list[bytes]:
     """Every session's item block, in order."""
-    return [block_item(block.area, block.ends, i) for i in range(len(block.sids))]
+    return list(map(block.item, range(block.n)))
 
 
 #: A record that addresses one session (or closes a snapshot): everything but a BLOCK.
@@ -619,7 +713,9 @@ def encode_record(record: Record) -> bytes:
     if isinstance(record, Modify):
         return encode_modify(record.sid, record.clear, [(k.encode(), v) for k, v in record.changes])
     if isinstance(record, Block):
-        return encode_block(record.sids, record.digests, *record[2:8], block_items(record))
+        return encode_block(record.sids, record.digests, record.created_at, record.ttl,
+                            record.idle_deadline, record.hard_deadline, record.users,
+                            record.metas, block_items(record))  # fmt: skip
     return encode_touch(record.sid, record.idle_deadline, record.ttl)
 
 
@@ -651,6 +747,7 @@ def decode_header(buf: bytes | memoryview, magic: bytes = LOG_MAGIC) -> Header:
 _intern = sys.intern
 _unpack_u16 = _U16.unpack_from
 _unpack_u32 = _U32.unpack_from
+_unpack_f64 = struct.Struct("<d").unpack_from
 
 
 def _malformed(why: str, offset: int) -> CorruptionError:
@@ -770,13 +867,8 @@ def block_creates(block: Block, max_value: int = MAX_PAYLOAD_BYTES) -> list[Crea
         try:
             data = decode_item_block(items, max_value)
         except FileError as exc:
-            start = block.ends[i - 1] if i else 0
-            raise exc.located("", block.area_at + start) from None
-        out.append(
-            Create(block.sids[i], block.digests[i], block.created_at[i], block.ttl[i],
-                   block.idle_deadline[i], block.hard_deadline[i], block.users[i],
-                   block.metas[i], tuple(data.items()))
-        )  # fmt: skip
+            raise exc.located("", block.area_at + block.item_start(i)) from None
+        out.append(Create(*block.session(i), tuple(data.items())))
     return out
 
 
@@ -791,15 +883,7 @@ def _decode_block(n: int, buf: bytes, start: int, end: int) -> Block:
     if end - start < n * _BLOCK_FIXED + 8:
         raise _malformed(f"a block of {n} sessions needs more than {end - start} bytes", start)
     mv = memoryview(buf)
-    at = start
-    sids = _read_column("I", mv[at : at + 4 * n]).tolist()
-    at += 4 * n
-    digest_column = buf[at : at + DIGEST_SIZE * n]
-    at += DIGEST_SIZE * n
-    floats = []
-    for _ in range(4):
-        floats.append(_read_column("d", mv[at : at + 8 * n]))
-        at += 8 * n
+    at = start + _REFS_AT * n  # SIDs, digests and times need no check
     at_refs = at
     user_refs = _read_column("I", mv[at : at + 4 * n])
     meta_refs = _read_column("I", mv[at + 4 * n : at + 8 * n])
@@ -832,22 +916,10 @@ def _decode_block(n: int, buf: bytes, start: int, end: int) -> Block:
     meta_table: list[bytes | None] = [None, *metas_table]
     if _refs_beyond(meta_table, buf, at_refs + 4 * n, n):
         raise _malformed(f"metadata number {max(meta_refs)} is not in the table", metas_at)
-    if ends[-1] != end - at or any(map(int.__gt__, ends[:-1], ends[1:])):
+    in_order = ends.tolist()  # sorting a sorted list is one C pass
+    if ends[-1] != end - at or in_order != sorted(in_order):
         raise _malformed("item block offsets are out of order or out of range", ends_at)
-    created, ttl, idle, hard = floats
-    return Block(
-        sids,
-        digest_column,
-        created,
-        ttl,
-        idle,
-        hard,
-        list(map(user_table.__getitem__, user_refs)),
-        list(map(meta_table.__getitem__, meta_refs)),
-        buf[at:end],
-        ends,
-        at - start + _HEAD_SIZE,
-    )
+    return Block(n, buf[start:end], at - start, user_table, meta_table)
 
 
 def _digests(n: int, each: str) -> struct.Struct:

@@ -24,7 +24,6 @@ import math
 import operator
 import sys
 import threading
-from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, islice, repeat
 from typing import Any, NamedTuple, Union
@@ -33,7 +32,6 @@ from sortedcontainers import SortedList
 
 from .errors import CorruptionError, FileError, StoreFull
 from .record import (
-    DIGEST_SIZE,
     MAX_PAYLOAD_BYTES,
     MAX_SID,
     Block,
@@ -44,7 +42,6 @@ from .record import (
     Modify,
     Record,
     Touch,
-    block_item,
     decode_item_block,
     item_block,
     keys_bytes,
@@ -195,8 +192,8 @@ class SessionState:
         packed = self.packed
         if type(packed) is int:
             origin = self.origin
-            assert isinstance(origin, BlockOrigin)
-            return block_item(origin.area, origin.ends, packed)
+            assert isinstance(origin, BlockColumns)
+            return origin.block.item(packed)
         assert isinstance(packed, bytes)
         return packed
 
@@ -252,63 +249,46 @@ class FileOrigin(NamedTuple):
     max_value: int
 
 
-class BlockOrigin(NamedTuple):
-    """The item blocks of one snapshot BLOCK record, shared by its sessions
-    until each is decoded: session *i*'s is ``block_item(area, ends, i)``, at
-    offset ``offset`` + its start in ``file``."""
-
-    file: FileOrigin
-    offset: int
-    area: bytes
-    ends: array[int]
-
-
-#: A CREATE's item block is at ``(file, offset)``: a plain tuple, which replay
-#: builds in one bytecode; a snapshot block's sessions share a BlockOrigin.
-Origin = Union[tuple[FileOrigin, int], BlockOrigin]  # noqa: UP007 - a runtime alias on 3.10
-
-
 class BlockColumns:
-    """The sessions of one snapshot BLOCK record that nothing has looked up yet,
-    kept column by column: about 80 bytes a session (plus its item block)
-    instead of a :class:`SessionState` and its fields.
+    """One snapshot BLOCK record as loaded: its sessions stay in the record's
+    payload (a :class:`~walsess.record.Block`, about 80 bytes a session plus
+    its item block) until something looks them up, instead of each getting a
+    :class:`SessionState` and its fields at open.
 
     The table's dicts map such a session's SID and ref key to a *handle*
     (``block number << 16 | i``); the first lookup turns it into a
     :class:`SessionState` (:meth:`SessionTable.state`), which replaces the
-    handle in both dicts. ``taken[i]`` is 1 once session *i* has been.
+    handle in both dicts. ``taken[i]`` is 1 once session *i* has been. Its
+    item block stays here, packed, until it is decoded: the block is freed
+    when the last of its sessions is.
     """
 
-    __slots__ = ("created_at", "digests", "hard_deadline", "idle_deadline", "keys", "left",
-                 "metas", "origin", "sids", "taken", "ttl", "users")  # fmt: skip
+    __slots__ = ("block", "file", "keys", "left", "offset", "taken")
 
-    def __init__(self, block: Block, origin: BlockOrigin, keys: list[int]) -> None:
-        self.sids = block.sids
-        self.digests = block.digest_column
-        self.created_at = block.created_at
-        self.ttl = block.ttl
-        self.idle_deadline = block.idle_deadline
-        self.hard_deadline = block.hard_deadline
-        self.users = block.users
-        self.metas = block.metas
-        self.origin = origin
+    def __init__(self, block: Block, file: FileOrigin, offset: int, keys: list[int]) -> None:
+        self.block = block
+        #: Where the block was read from: its item area is at ``offset`` of ``file``.
+        self.file = file
+        self.offset = offset
         #: Expiry index keys, until the indexes are built (end of the bulk load).
         self.keys: list[int] | None = keys
-        self.taken = bytearray(len(block.sids))
-        self.left = len(block.sids)
+        self.taken = bytearray(block.n)
+        self.left = block.n
 
     def state(self, i: int, indexed: int) -> SessionState:
         """Session *i* as a :class:`SessionState` (its item block still packed)."""
-        idle, hard = self.idle_deadline[i], self.hard_deadline[i]
-        ttl = self.ttl[i]
-        return SessionState(self.sids[i], self.digests[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE],
-                            self.created_at[i], _share(ttl), idle,
-                            _share(hard), self.users[i], self.metas[i], None, i,
-                            self.origin, indexed)  # fmt: skip
+        sid, digest, created, ttl, idle, hard, user, meta = self.block.session(i)
+        return SessionState(sid, digest, created, _share(ttl), idle, _share(hard), user, meta,
+                            None, i, self, indexed)  # fmt: skip
 
     def untaken(self, column: Iterable[Any]) -> Iterator[Any]:
         """The values of *column* for the sessions not yet taken out."""
         return compress(column, map(operator.not_, self.taken))
+
+
+#: A CREATE's item block is at ``(file, offset)``: a plain tuple, which replay
+#: builds in one bytecode; a snapshot block's sessions share its BlockColumns.
+Origin = Union[tuple[FileOrigin, int], BlockColumns]  # noqa: UP007 - a runtime alias on 3.10
 
 
 _HANDLE_BITS = 16  # MAX_BLOCK_SESSIONS < 2**16
@@ -316,16 +296,18 @@ _HANDLE_MASK = (1 << _HANDLE_BITS) - 1
 
 
 def _max_value(origin: Origin | None) -> int:
-    return MAX_PAYLOAD_BYTES if origin is None else origin[0].max_value
+    if origin is None:
+        return MAX_PAYLOAD_BYTES
+    return origin.file.max_value if isinstance(origin, BlockColumns) else origin[0].max_value
 
 
 def locate(origin: Origin | None, packed: bytes | int | None) -> tuple[str | None, int]:
     """(file, offset) of the packed item block *packed* that came from *origin*."""
     if origin is None:
         return None, 0
-    if isinstance(origin, BlockOrigin):
+    if isinstance(origin, BlockColumns):
         assert type(packed) is int
-        return origin.file.path, origin.offset + (origin.ends[packed - 1] if packed else 0)
+        return origin.file.path, origin.offset + origin.block.item_start(packed)
     return origin[0].path, origin[1]
 
 
@@ -407,7 +389,8 @@ class SessionTable:
     def _filed_key(self, cols: BlockColumns, i: int) -> int:
         """The expiry index's own key object for block session *i* (an equal
         int would do, but sharing the object saves 36 bytes a session)."""
-        key = _expiry_key(min(cols.idle_deadline[i], cols.hard_deadline[i]), cols.sids[i])
+        sid, _, _, _, idle, hard, _, _ = cols.block.session(i)
+        key = _expiry_key(min(idle, hard), sid)
         expiry = self.expiry
         at = expiry.bisect_left(key)
         return expiry[at] if at < len(expiry) and expiry[at] == key else key
@@ -452,7 +435,9 @@ class SessionTable:
     def begin_bulk(self) -> None:
         """Stop maintaining the expiry and user indexes until :meth:`end_bulk`."""
         self._bulk = True
-        self._unindexed = []
+        # Every SessionState the indexes will hold passes through _unindexed
+        # (insert, create_packed, _take and touch add to it in bulk mode).
+        self._unindexed = [v for v in self.by_sid.values() if isinstance(v, SessionState)]
 
     def end_bulk(self) -> None:
         """Build the expiry and user indexes from scratch, in C but for the
@@ -460,14 +445,15 @@ class SessionTable:
         come with their keys). Sorting is near linear when the keys arrive in
         order, as compaction writes them."""
         self._bulk = False
-        for st in self._unindexed:
-            if st.digest is not DEAD:
-                st.indexed = _expiry_key(min(st.idle_deadline, st.hard_deadline), st.sid)
+        by_sid = self.by_sid
+        states = [
+            st
+            for st in dict.fromkeys(self._unindexed)  # once each, in order
+            if st.digest is not DEAD and by_sid.get(st.sid) is st
+        ]
         self._unindexed = []
-        values = list(self.by_sid.values())
-        states: list[SessionState] = list(
-            compress(values, map(operator.not_, map(isinstance, values, repeat(int))))  # type: ignore[arg-type]
-        )
+        for st in states:
+            st.indexed = _expiry_key(min(st.idle_deadline, st.hard_deadline), st.sid)
         keys = list(map(_indexed_of, states))
         by_user: dict[str, set[int]] = {}
         for st in compress(states, map(operator.is_not, map(_user_of, states), repeat(None))):
@@ -478,8 +464,10 @@ class SessionTable:
                 continue
             keys.extend(cols.untaken(cols.keys))
             cols.keys = None
-            users = list(cols.untaken(cols.users))
-            sids = list(cols.untaken(cols.sids))
+            if len(cols.block.user_table) == 1:
+                continue  # no session of this block has an owner
+            users = list(cols.untaken(cols.block.users))
+            sids = list(cols.untaken(cols.block.sids))
             for user, sid in compress(
                 zip(users, sids, strict=True), map(operator.is_not, users, repeat(None))
             ):
@@ -509,21 +497,21 @@ class SessionTable:
         (a snapshot holds each session once).
         """
         assert self._bulk, "load_block is for loading: call begin_bulk() first"
-        origin = BlockOrigin(FileOrigin(path, max_value), offset + block.area_at, block.area,
-                             block.ends)  # fmt: skip
-        n = len(block.sids)
+        n = block.n
         number = len(self._blocks)
-        keys = list(_expiry_keys(block.sids, block.idle_deadline, block.hard_deadline))
-        self._blocks.append(BlockColumns(block, origin, keys))
+        sids = block.sids
+        keys = list(_expiry_keys(sids, block.idle_deadline, block.hard_deadline))
+        file = FileOrigin(path, max_value)
+        self._blocks.append(BlockColumns(block, file, offset + block.area_at, keys))
         # one int object per session, shared by both dicts
         handles = list(range(number << _HANDLE_BITS, (number << _HANDLE_BITS) + n))
         by_sid, by_ref = self.by_sid, self.by_ref
         sessions = len(by_sid)
-        by_sid.update(zip(block.sids, handles, strict=True))
+        by_sid.update(zip(sids, handles, strict=True))
         by_ref.update(zip(block.digest_prefixes(REF_BYTES), handles, strict=True))
         if len(by_sid) != sessions + n or len(by_ref) != len(by_sid):
             raise CorruptionError("a session appears twice in the snapshot", path, offset)
-        top = max(block.sids)
+        top = max(sids)
         if top >= self.next_sid:
             self.next_sid = top + 1 if top < MAX_SID else 1
 
@@ -781,7 +769,7 @@ class SessionTable:
             if not isinstance(value, SessionState):  # a block session not taken out yet
                 cols = self._blocks[value >> _HANDLE_BITS]
                 assert cols is not None and not cols.taken[value & _HANDLE_MASK]
-                assert cols.sids[value & _HANDLE_MASK] == sid
+                assert cols.block.session(value & _HANDLE_MASK)[0] == sid
                 view = self._view(value)
                 assert self.by_ref[ref_key(view.digest)] == value
                 assert _expiry_key(view.expires_at, sid) in self.expiry
