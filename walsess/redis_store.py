@@ -110,6 +110,7 @@ from .validate import (
     encode_meta,
     kept_ref_keys,
     too_large,
+    too_many_changes,
     too_many_keys,
 )
 
@@ -992,7 +993,7 @@ class RedisStore:
                     raise too_large(vb, limit)
                 args += [b"s", field, vb]
         if len(changes) > rec.MAX_KEYS:
-            raise too_many_keys(len(changes))
+            raise too_many_changes(len(changes))
         self._check_open()
         must = b"" if must_exist is None else _DATA + rec.key_bytes(must_exist)
         done = self._call(

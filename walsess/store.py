@@ -37,7 +37,6 @@ from .errors import (
     StoreForked,
     StoreFull,
     StorePoisoned,
-    TooManyKeys,
     ValidationError,
     ValueTooLarge,
 )
@@ -56,6 +55,7 @@ from .validate import (
     encode_meta,
     kept_ref_keys,
     too_large,
+    too_many_changes,
     too_many_keys,
 )
 
@@ -720,9 +720,7 @@ class Store:
                     raise self._too_large(vb)
             encoded.append((rec.key_bytes(key), vb))
         if len(encoded) > rec.MAX_KEYS:  # the reader refuses a longer change list
-            raise TooManyKeys(
-                f"one change may set or delete at most {rec.MAX_KEYS:,} keys, not {len(encoded):,}"
-            )
+            raise too_many_changes(len(encoded))
         record = rec.encode_modify(st.sid, clear, encoded)
         if len(record) > rec.MAX_PAYLOAD_BYTES:
             raise ValueTooLarge("the change is larger than one record may be (1 GiB)")

@@ -29,6 +29,7 @@ __all__ = [
     "encode_meta",
     "kept_ref_keys",
     "too_large",
+    "too_many_changes",
     "too_many_keys",
 ]
 
@@ -79,6 +80,12 @@ def too_many_keys(count: int) -> TooManyKeys:
     return TooManyKeys(
         f"a session may hold at most {rec.MAX_KEYS:,} keys; this change would give it {count:,}"
     )
+
+
+def too_many_changes(count: int) -> TooManyKeys:
+    """The error for one change that sets or deletes *count* keys, more than
+    :data:`walsess.record.MAX_KEYS` (the reader refuses a longer change list)."""
+    return TooManyKeys(f"one change may set or delete at most {rec.MAX_KEYS:,} keys, not {count:,}")
 
 
 def encode_items(
