@@ -85,7 +85,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
 import redis.cluster
@@ -113,6 +113,9 @@ from .validate import (
     too_many_changes,
     too_many_keys,
 )
+
+if TYPE_CHECKING:
+    from .protocol import SessionStore
 
 __all__ = ["SETTINGS", "RedisSession", "RedisStore"]
 
@@ -1450,3 +1453,10 @@ class RedisSession(MutableMapping[str, Any]):
         return super().__eq__(other)
 
     __hash__ = None  # type: ignore[assignment]  # mutable mapping
+
+
+if TYPE_CHECKING:
+
+    def _meets_the_protocol(store: RedisStore) -> SessionStore:
+        """mypy checks here that a RedisStore is what the integrations take."""
+        return store

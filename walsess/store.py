@@ -22,7 +22,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import record as rec
 from . import tokens
@@ -58,6 +58,9 @@ from .validate import (
     too_many_changes,
     too_many_keys,
 )
+
+if TYPE_CHECKING:
+    from .protocol import SessionStore
 
 __all__ = ["Compaction", "Store", "open"]
 
@@ -304,6 +307,12 @@ class Store:
                 " post-fork hook), or use a store shared between processes"
             )
         return StoreClosed(f"store {self.path} is closed")
+
+    def ping(self) -> None:
+        """Raise :class:`StoreClosed` (:class:`StoreForked` in a forked child) if this
+        store cannot be used here; costs nothing otherwise. The integrations call it
+        at start-up (a :class:`walsess.RedisStore`'s asks its server)."""
+        self._check_open()
 
     def now(self) -> float:
         """The store's clock (seconds since the epoch; the ``clock`` given to open)."""
@@ -1041,3 +1050,10 @@ def _memory_per_session(sample: list[SessionState]) -> float:
         if st.meta is not None:
             total += size(st.meta)
     return total / len(sample)
+
+
+if TYPE_CHECKING:
+
+    def _meets_the_protocol(store: Store) -> SessionStore:
+        """mypy checks here that a Store is what the integrations take."""
+        return store
