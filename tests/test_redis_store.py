@@ -87,6 +87,7 @@ def test_redis_cluster_spreads_sessions_over_every_node(redis_cluster_url: str) 
             for node in store._r.get_primaries()
         ]
         assert len(per_node) == 3 and all(n > 0 for n in per_node) and sum(per_node) == 60
+        assert len(store) == 60 and len(list(store.sessions())) == 60  # SCAN on every node
         assert len(store.sessions_of("u")) == 60 and store.destroy_user("u") == 60
 
 
@@ -218,8 +219,9 @@ def test_redis_settings_that_do_not_apply_are_refused(redis_url: str) -> None:
         RedisStore.from_url(redis_url, durability="always")
     with pytest.raises(walsess.ValidationError, match="max_sessions"):
         RedisStore.from_url(redis_url, walsess.Options(max_sessions=10))
-    with pytest.raises(walsess.ValidationError, match="prefix"):
-        RedisStore.from_url(redis_url, prefix="a{b}")
+    for prefix in ("a{b}", "a:b", "a*", "", "x" * 65, 7):
+        with pytest.raises(walsess.ValidationError, match="prefix"):
+            RedisStore.from_url(redis_url, prefix=prefix)  # type: ignore[arg-type]
     with pytest.raises(walsess.ValidationError, match="decode_responses"):
         RedisStore(redis.Redis.from_url(redis_url, decode_responses=True))
     with pytest.raises(walsess.ValidationError, match="redis-py client"):
@@ -282,6 +284,8 @@ def test_redis_put_state_writes_a_session_exactly_and_idempotently(
     assert len(rstore) == 1
     with pytest.raises(walsess.ValidationError):
         rstore.put_state(b"short", **state)
+    with pytest.raises(walsess.ValidationError, match="idle_remaining"):
+        rstore.put_state(digest, **{**state, "idle_remaining": float("nan")})
 
 
 # -- the integrations, unchanged, on Redis ----------------------------------------------------

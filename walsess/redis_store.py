@@ -83,6 +83,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -129,6 +130,7 @@ Hook = Callable[[SessionInfo, str], object]
 SETTINGS = ("default_ttl", "max_lifetime", "touch_granularity", "codec", "max_value_bytes", "clock")
 
 _DEFAULTS = Options()
+_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 # Hash fields: the session's attributes start with "#", its data keys with ".".
 _DIGEST, _CREATED, _TTL, _IDLE, _HARD, _USER, _META = (
@@ -473,9 +475,11 @@ class RedisStore:
                 f"options {', '.join(ignored)} do not apply to a RedisStore;"
                 f" its settings are {', '.join(SETTINGS)}"
             )
-        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+            # No ":" (one store's key pattern must not match another's keys), no
+            # braces (the hash tag) and no glob characters (SCAN patterns).
             raise ValidationError(
-                f"prefix must be a non-empty str without braces, not {short_repr(prefix)}"
+                f"prefix must be 1 to 64 letters, digits, '_', '-' or '.', not {short_repr(prefix)}"
             )
         encoder = getattr(client, "get_encoder", None)
         if encoder is None:
@@ -867,6 +871,17 @@ class RedisStore:
         if type(digest) is not bytes or len(digest) != 32:
             raise ValidationError("digest must be the 32 bytes of a token's SHA-256")
         check_positive("ttl", ttl)
+        for name, value in (
+            ("created_at", created_at),
+            ("idle_remaining", idle_remaining),
+            ("hard_remaining", 0.0 if hard_remaining is None else hard_remaining),
+        ):
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+            ):
+                raise ValidationError(f"{name} must be a finite number, not {short_repr(value)}")
         check_user(user)
         if meta is not None:
             if type(meta) is not bytes:
