@@ -1288,11 +1288,15 @@ class _ExpiryWatcher:
     def __init__(self, store: RedisStore, node: Any) -> None:
         self._store = store
         self._pubsub = node.pubsub(ignore_subscribe_messages=True)
+        # The store's database only: another database may hold the same prefix.
+        db = getattr(node, "connection_pool", None)
+        db = (getattr(db, "connection_kwargs", None) or {}).get("db", 0)
+        self._channel = f"__keyevent@{db}__:expired"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="walsess-expiry", daemon=True)
 
     def start(self) -> None:
-        self._store._call(self._pubsub.psubscribe, "__keyevent@*__:expired")
+        self._store._call(self._pubsub.subscribe, self._channel)
         self._thread.start()
 
     def _run(self) -> None:
@@ -1305,7 +1309,7 @@ class _ExpiryWatcher:
                 log.exception("walsess: expiry notifications from Redis interrupted")
                 self._stop.wait(1.0)  # then redis-py reconnects and resubscribes
                 continue
-            if message is not None and message.get("type") == "pmessage":
+            if message is not None and message.get("type") == "message":
                 self._store._expired_key(message["data"])
 
     def stop(self) -> None:
