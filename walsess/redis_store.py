@@ -558,7 +558,11 @@ class RedisStore:
             if cause is not None:
                 raise cause(f"cannot connect to {url.rpartition('@')[2]}: {exc}") from exc
             raise ValidationError(f"not a Redis URL ({exc}): {url.rpartition('@')[2]}") from None
-        store = cls(client, options, prefix=prefix, **settings)
+        try:
+            store = cls(client, options, prefix=prefix, **settings)
+        except BaseException:
+            client.close()
+            raise
         store._owns_client = True
         return store
 
