@@ -1,4 +1,5 @@
-"""Shared test fixtures: an injectable clock, a store directory, hypothesis profiles.
+"""Shared test fixtures: an injectable clock, a store directory, hypothesis profiles,
+real Redis servers (tests/redis_servers.py) and ``any_store``, each kind of store in turn.
 
 Hypothesis runs derandomized under the ``ci`` profile (selected when CI is
 set, or with HYPOTHESIS_PROFILE=ci) so a CI run is repeatable.
@@ -10,12 +11,13 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import pytest
 from hypothesis import HealthCheck, settings
+from redis_servers import RedisCluster, RedisNode, flush, missing_reason
 
 import walsess
 from walsess.clock import ManualClock
@@ -98,3 +100,93 @@ def start_child(
     watchdog = threading.Timer(timeout, proc.kill)
     watchdog.start()
     return proc, watchdog
+
+
+# -- Redis: real servers, started once per test session -------------------------------
+
+#: A store of either kind: the tests in test_api_both.py run against each.
+AnyStore = Union[walsess.Store, "walsess.RedisStore"]
+
+#: The kinds of store the behavioural suite runs against (the any_store fixture).
+STORE_KINDS = ("embedded", "redis", "redis_cluster")
+
+
+@pytest.fixture(scope="session")
+def redis_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisNode]:
+    """One ``redis-server`` on a free 127.0.0.1 port, for the whole test session."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with RedisNode.start(tmp_path_factory.mktemp("redis")) as node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster on free 127.0.0.1 ports, for the whole test session."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = RedisCluster.start(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_url(redis_node: RedisNode) -> str:
+    """The single node's URL, emptied (FLUSHALL) for this test."""
+    flush(redis_node.port)
+    return f"redis://127.0.0.1:{redis_node.port}/0"
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    """A cluster URL for RedisStore.from_url, every master emptied for this test."""
+    for node in redis_cluster.nodes:
+        flush(node.port)
+    return f"redis+cluster://127.0.0.1:{redis_cluster.port}"
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def open_any(
+    store_kind: str, request: pytest.FixtureRequest, store_dir: str, clock: FakeClock
+) -> Iterator[Callable[..., AnyStore]]:
+    """``open_any(**settings)``: a store of this test's kind with *settings*, on the
+    test's clock (no background gc for the embedded one); closed after the test.
+    Each call gives another store: a new directory, or a new Redis prefix."""
+    url = None
+    if store_kind == "redis":
+        url = request.getfixturevalue("redis_url")
+    elif store_kind == "redis_cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+    opened: list[AnyStore] = []
+
+    def open_store(**settings: Any) -> AnyStore:
+        settings.setdefault("clock", clock)
+        store: AnyStore
+        if url is None:
+            settings.setdefault("cleanup_interval", None)
+            store = walsess.open(f"{store_dir}{len(opened) or ''}", **settings)
+        else:
+            store = walsess.RedisStore.from_url(url, prefix=f"t{len(opened)}", **settings)
+        opened.append(store)
+        return store
+
+    try:
+        yield open_store
+    finally:
+        for store in opened:
+            store.close()
+
+
+@pytest.fixture
+def any_store(open_any: Callable[..., AnyStore]) -> AnyStore:
+    """A store of each kind in turn (embedded, Redis, Redis Cluster) with the default settings."""
+    return open_any()

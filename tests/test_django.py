@@ -978,3 +978,31 @@ def test_close_store_then_next_use_reopens(django_store: walsess.Store) -> None:
     assert again is not django_store
     assert SessionStore(session.session_key)["a"] == 1
     assert json.dumps(again.get(session.session_key).to_dict()) == '{"a": 1}'  # type: ignore[union-attr]
+
+
+def test_redis_url_setting_shares_sessions_between_processes(
+    redis_url: str, clock: ManualClock
+) -> None:
+    """WALSESS_REDIS_URL: the store is a RedisStore, so a session saved by one
+    process (here: before a close_store, which drops the process's store) is
+    there for the next, and for any other RedisStore on that server."""
+    walsess_django.close_store()
+    with override_settings(
+        WALSESS_PATH=None, WALSESS_REDIS_URL=redis_url, WALSESS_OPTIONS={"clock": clock}
+    ):
+        try:
+            first = SessionStore()
+            first["cart"] = [1, 2]
+            first.save()
+            store = walsess_django.get_store()
+            assert isinstance(store, walsess.RedisStore)
+            walsess_django.close_store()  # as if another worker process took over
+            second = SessionStore(first.session_key)
+            assert second["cart"] == [1, 2]
+            second["user"] = "x"
+            second.save()
+            with walsess.RedisStore.from_url(redis_url, clock=clock) as elsewhere:
+                got = elsewhere.get(first.session_key)  # type: ignore[arg-type]
+                assert got is not None and got.to_dict() == {"cart": [1, 2], "user": "x"}
+        finally:
+            walsess_django.close_store()

@@ -1,4 +1,7 @@
-"""The Store/Session API: semantics, bad input, expiry, security, locking, durability."""
+"""The embedded Store: its log, files, locking, durability and reopening.
+
+The API's behaviour, the same on every store, is tested in test_api_both.py.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +40,9 @@ def reopen(store: walsess.Store, clock: FakeClock, **kw: Any) -> walsess.Store:
 # -- basic semantics ------------------------------------------------------------
 
 
-def test_the_issue_example(store_dir: str, clock: FakeClock) -> None:
+def test_embedded_issue_example_logs_each_change_and_reopens_clean(
+    store_dir: str, clock: FakeClock
+) -> None:
     store = walsess.open(store_dir, durability="interval", default_ttl=1800, clock=clock)
     with store:
         s = store.create({"user_id": 42}, ttl=3600, user="42")
@@ -88,87 +93,6 @@ def test_state_survives_reopen(store: walsess.Store, clock: FakeClock) -> None:
         assert b2 is not None and dict(b2) == {"only": True}
 
 
-def test_reads_return_copies(store: walsess.Store) -> None:
-    s = store.create({"l": [1]})
-    s["l"].append(2)
-    assert s["l"] == [1]
-
-
-def test_revoke_by_ref(store: walsess.Store) -> None:
-    s = store.create({"a": 1})
-    assert not store.revoke("0" * 16) and not store.revoke("xyz") and not store.revoke(s.id)
-    assert store.revoke(s.ref) and store.get(s.id) is None and not store.revoke(s.ref)
-
-
-def test_unknown_tokens(store: walsess.Store) -> None:
-    store.create()
-    for bad in ("", "nope", "x" * 10_000, 42, None, b"bytes"):
-        assert store.get(bad) is None  # type: ignore[arg-type]
-        assert not store.exists(bad)  # type: ignore[arg-type]
-        assert not store.destroy(bad)  # type: ignore[arg-type]
-        assert not store.touch(bad)  # type: ignore[arg-type]
-    with pytest.raises(walsess.SessionNotFound):
-        store.regenerate("nope")
-
-
-# -- bad input: a clear error and nothing written ------------------------------
-
-
-@pytest.mark.parametrize(
-    ("action", "error"),
-    [
-        (lambda s, st: s.__setitem__("k", {1, 2}), walsess.CodecError),
-        (lambda s, st: s.__setitem__("k", float("nan")), walsess.CodecError),
-        (lambda s, st: s.__setitem__("k", object()), walsess.CodecError),
-        (lambda s, st: s.__setitem__(1, "v"), walsess.InvalidKey),
-        (lambda s, st: s.__setitem__(b"k", "v"), walsess.InvalidKey),
-        (lambda s, st: s.__setitem__("k" * 65536, "v"), walsess.InvalidKey),
-        (lambda s, st: s.__setitem__("k", "x" * 2000), walsess.ValueTooLarge),
-        (lambda s, st: s.update(ok=1, bad={1}), walsess.CodecError),
-        (lambda s, st: s.update({"ok": 1, 2: "v"}), walsess.InvalidKey),
-        (lambda s, st: s.__delitem__("missing"), KeyError),
-        (lambda s, st: st.create({"k": {1}}), walsess.CodecError),
-        (lambda s, st: st.create({3: 1}), walsess.InvalidKey),
-        (lambda s, st: st.create(ttl=0), walsess.ValidationError),
-        (lambda s, st: st.create(ttl=float("inf")), walsess.ValidationError),
-        (lambda s, st: st.create(ttl="10"), walsess.ValidationError),
-        (lambda s, st: st.create(user=42), walsess.ValidationError),
-        (lambda s, st: st.create(meta={"x": {1}}), walsess.CodecError),
-        (lambda s, st: st.touch(s.id, ttl=-1), walsess.ValidationError),
-    ],
-)
-def test_bad_input_raises_and_writes_nothing(
-    store_dir: str, clock: FakeClock, action: Any, error: type[Exception]
-) -> None:
-    store = walsess.open(store_dir, clock=clock, max_value_bytes=1000)
-    with store:
-        s = store.create({"k": 1})
-        before = log_bytes(store_dir)
-        with pytest.raises(error) as info:
-            action(s, store)
-        if error is not KeyError:
-            assert isinstance(info.value, walsess.WalsessError)
-        assert log_bytes(store_dir) == before
-        assert dict(s) == {"k": 1} and len(store) == 1
-
-
-def test_closed_store(store_dir: str, clock: FakeClock) -> None:
-    store = walsess.open(store_dir, clock=clock)
-    s = store.create({"a": 1})
-    store.close()
-    store.close()  # idempotent
-    for action in (
-        lambda: store.create(),
-        lambda: store.get(s.id),
-        lambda: s.__setitem__("a", 2),
-        lambda: s["a"],
-        lambda: len(store),
-        lambda: store.sync(),
-    ):
-        with pytest.raises(walsess.StoreClosed):
-            action()
-
-
 def test_bad_options(store_dir: str) -> None:
     with pytest.raises(ValueError, match="durability"):
         walsess.open(store_dir, durability="sometimes")
@@ -180,43 +104,7 @@ def test_bad_options(store_dir: str) -> None:
     walsess.open(store_dir).close()
 
 
-def test_pickle_only_by_name(store_dir: str, clock: FakeClock) -> None:
-    with walsess.open(store_dir, clock=clock) as store, pytest.raises(walsess.CodecError):
-        store.create({"t": (1, 2)})["b"] = b"bytes"
-    with walsess.open(store_dir + "p", clock=clock, codec="pickle") as store:
-        s = store.create({"b": b"bytes", "t": (1, 2)})
-        tok = s.id
-    with walsess.open(store_dir + "p", clock=clock, codec=walsess.PICKLE) as store:
-        got = store.get(tok)
-        assert got is not None and got["b"] == b"bytes" and got["t"] == (1, 2)
-
-
 # -- expiry ---------------------------------------------------------------------
-
-
-def test_idle_expiry_and_sliding(store: walsess.Store, clock: FakeClock) -> None:
-    s = store.create({"a": 1}, ttl=100)
-    clock.advance(99)
-    assert store.get(s.id) is not None  # extends to now + 100
-    clock.advance(99)
-    assert store.exists(s.id)  # exists does not extend
-    clock.advance(1)
-    assert store.get(s.id) is None and not store.exists(s.id) and len(store) == 0
-    with pytest.raises(walsess.SessionNotFound, match="expired"):
-        s["a"]
-    with pytest.raises(walsess.SessionNotFound):
-        s["b"] = 2
-    assert not store.destroy(s.id) and not store.touch(s.id)
-
-
-def test_max_lifetime_is_absolute(store_dir: str, clock: FakeClock) -> None:
-    with walsess.open(store_dir, clock=clock, max_lifetime=250) as store:
-        s = store.create(ttl=100)
-        for _ in range(4):
-            clock.advance(60)
-            assert store.get(s.id) is not None
-        clock.advance(10)
-        assert store.get(s.id) is None
 
 
 def test_extension_is_logged_only_per_granularity(store_dir: str, clock: FakeClock) -> None:
@@ -273,15 +161,6 @@ def test_files_owner_only_and_no_token_on_disk(tmp_path: Path, clock: FakeClock)
     for t in [*tokens, regenerated]:
         assert len(t) >= 43 and t.encode() not in disk
         assert walsess.tokens.digest(t) in disk or t == tokens[0]
-
-
-def test_tokens_are_256_bit_and_unique(store: walsess.Store) -> None:
-    import base64
-
-    toks = {store.create().id for _ in range(200)}
-    assert len(toks) == 200
-    for t in toks:
-        assert len(base64.urlsafe_b64decode(t + "=")) == 32
 
 
 def test_crcmod_c_extension_in_use() -> None:
@@ -364,7 +243,9 @@ def test_lock_across_processes_and_released_by_crash(store_dir: str) -> None:
         child.wait()
 
 
-def test_thread_safety(store: walsess.Store, clock: FakeClock) -> None:
+def test_embedded_concurrent_writes_all_reach_the_log(
+    store: walsess.Store, clock: FakeClock
+) -> None:
     sessions = [store.create() for _ in range(8)]
 
     def work(i: int) -> None:
@@ -578,7 +459,9 @@ def test_close_never_hangs_when_it_races_with_the_flusher(monkeypatch: pytest.Mo
     policy.close()
 
 
-def test_regenerate_with_a_new_owner(store_dir: str, clock: FakeClock) -> None:
+def test_embedded_regenerate_with_a_new_owner_survives_reopen(
+    store_dir: str, clock: FakeClock
+) -> None:
     """A login: new token, same data and expiry, and the session now listed under
     its user; the old token and handles are dead, hooks say "regenerated", and a
     reopen gives the same state (CREATE + DESTROY in one append)."""
@@ -772,31 +655,6 @@ def test_a_store_other_users_can_write_is_refused(store_dir: str, clock: FakeClo
     assert sorted(os.listdir(store_dir)) == before  # refused before recovery touched anything
     with walsess.open(store_dir, clock=clock) as store:
         assert store.exists(token)
-
-
-def test_a_session_holds_at_most_max_keys(store: walsess.Store) -> None:
-    """Issue 10, defect 4: the reader refuses a record with more than MAX_KEYS
-    items, so the write path refuses to make one, with nothing written."""
-    limit = r.MAX_KEYS
-    full = {f"k{i}": 0 for i in range(limit)}
-    before = store.stats()["records_appended"]
-    with pytest.raises(walsess.TooManyKeys, match="65,535"):
-        store.create({**full, "one more": 1})
-    s = store.create(full)
-    with pytest.raises(walsess.TooManyKeys):
-        s["one more"] = 1
-    with pytest.raises(walsess.TooManyKeys):
-        s.update({"one more": 1})
-    with pytest.raises(walsess.TooManyKeys):
-        s.replace({**full, "one more": 1})
-    assert store.stats()["records_appended"] == before + 1
-    s["k0"] = 1  # changing a key it has is fine
-    s.update([("k1", None)])
-    del s["k2"]
-    s["new"] = 1  # back under the limit after a delete
-    assert len(s) == limit
-    with pytest.raises(walsess.TooManyKeys, match="one change"):
-        s.write_encoded({f"x{i}": None for i in range(limit + 1)})
 
 
 def test_stats_say_what_the_open_read_and_how_long_it_took(

@@ -14,7 +14,10 @@ Layers, bottom up: :mod:`~walsess.record` (the byte format, pure functions),
 recovery), :mod:`~walsess.table` (the in-memory table),
 :mod:`~walsess.durability` (fsync policies), :mod:`~walsess.options` (the
 settings), :mod:`~walsess.store` and :mod:`~walsess.session` (the API).
+:mod:`~walsess.redis_store` has the same API on Redis (``walsess[redis]``).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from .changelog import Cut
 from .clock import ManualClock
@@ -28,6 +31,7 @@ from .errors import (
     InvalidKey,
     LimitError,
     LockedError,
+    RedisUnavailable,
     SessionNotFound,
     StorageError,
     StoreClosed,
@@ -44,6 +48,9 @@ from .record import FORMAT_VERSION
 from .session import Session, SessionInfo
 from .store import Compaction, Store, open
 from .storedir import Recovery
+
+if TYPE_CHECKING:
+    from .redis_store import RedisSession, RedisStore
 
 __version__ = "0.1.0"
 
@@ -67,6 +74,9 @@ __all__ = [
     "Options",
     "PickleCodec",
     "Recovery",
+    "RedisSession",
+    "RedisStore",
+    "RedisUnavailable",
     "Session",
     "SessionInfo",
     "SessionNotFound",
@@ -82,3 +92,13 @@ __all__ = [
     "WalsessError",
     "open",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``walsess.RedisStore`` and ``walsess.RedisSession``, imported on first use, so
+    that ``import walsess`` never needs redis-py (the ``walsess[redis]`` extra)."""
+    if name in ("RedisStore", "RedisSession"):
+        from . import redis_store
+
+        return getattr(redis_store, name)
+    raise AttributeError(f"module 'walsess' has no attribute {name!r}")

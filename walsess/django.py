@@ -56,6 +56,14 @@ store shared between processes. ``manage.py clearsessions`` runs the store's
 store removes expired sessions itself every ``cleanup_interval`` seconds (and
 cannot run there anyway: the server holds the store).
 
+**Several processes.** With ``WALSESS_REDIS_URL = "redis://host:6379/0"`` the
+store is a :class:`walsess.RedisStore`, shared by every worker process and
+machine (``gunicorn -w 4``, ``--preload`` or not); ``WALSESS_PATH`` is then
+not used and ``WALSESS_OPTIONS`` may hold only the settings a RedisStore
+takes (``default_ttl``, ``max_lifetime``, ``touch_granularity``, ``codec``,
+``max_value_bytes``, ``clock``). ``manage.py clearsessions`` runs its
+:meth:`~walsess.RedisStore.gc` and can run next to the servers.
+
 Cost per request: nothing if the view never touches the session; otherwise
 one store lookup and, at the end, one encode of each value the view read.
 """
@@ -66,7 +74,7 @@ import atexit
 import os
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 
@@ -82,6 +90,9 @@ from .request import RequestSession
 from .store import Store
 from .store import open as open_store
 
+if TYPE_CHECKING:
+    from .redis_store import RedisStore
+
 __all__ = ["SessionStore", "close_store", "get_store"]
 
 #: django.contrib.auth.SESSION_KEY (not imported: auth need not be installed).
@@ -90,18 +101,23 @@ _AUTH_USER = "_auth_user_id"
 _EXPIRY = "_session_expiry"
 
 _lock = threading.Lock()
-_store: Store | None = None
+_store: Store | RedisStore | None = None
 _atexit_registered = False
 
 
-def get_store() -> Store:
+def get_store() -> Store | RedisStore:
     """The process's store, opened from ``WALSESS_PATH`` and ``WALSESS_OPTIONS`` on first use.
 
     Thread-safe; after the first call it costs one global read. Use it for
     what Django's session API does not offer: ``get_store().sessions_of(uid)``,
     ``destroy_user``, ``stats()``.
 
-    :raises django.core.exceptions.ImproperlyConfigured: ``WALSESS_PATH`` is not set.
+    With ``WALSESS_REDIS_URL`` set, the store is a :class:`walsess.RedisStore` on
+    that Redis (shared by every worker process; ``WALSESS_OPTIONS`` may then hold
+    only the settings a RedisStore takes) and ``WALSESS_PATH`` is not used.
+
+    :raises django.core.exceptions.ImproperlyConfigured: neither ``WALSESS_PATH``
+        nor ``WALSESS_REDIS_URL`` is set.
     :raises walsess.LockedError: another process holds the store.
     """
     store = _store
@@ -116,13 +132,23 @@ def get_store() -> Store:
 
 def _open() -> None:
     global _store, _atexit_registered
+    configured = getattr(django_conf.settings, "WALSESS_OPTIONS", None) or {}
+    url = getattr(django_conf.settings, "WALSESS_REDIS_URL", None)
+    if url:
+        from .redis_store import RedisStore
+
+        if isinstance(configured, Options):
+            _store = RedisStore.from_url(str(url), configured)
+        else:
+            _store = RedisStore.from_url(str(url), **configured)
+        return
     path = getattr(django_conf.settings, "WALSESS_PATH", None)
     if not path:
         raise ImproperlyConfigured(
             "SESSION_ENGINE = 'walsess.django' needs WALSESS_PATH, the directory of the"
-            " session store (for example BASE_DIR / 'var' / 'sessions')"
+            " session store (for example BASE_DIR / 'var' / 'sessions'), or"
+            " WALSESS_REDIS_URL, a Redis shared by several processes"
         )
-    configured = getattr(django_conf.settings, "WALSESS_OPTIONS", None) or {}
     # An Options, or a dict of its fields (the keyword arguments of walsess.open);
     # a key that names no setting raises ValidationError listing those there are.
     options = configured if isinstance(configured, Options) else Options.of(**configured)

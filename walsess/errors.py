@@ -86,7 +86,19 @@ class StorePoisoned(WalsessError):
 
 
 class StorageError(WalsessError):
-    """An operating-system call on a store file failed; the cause is chained."""
+    """The storage under a store failed: an operating-system call on a store file,
+    or a command to a Redis server (:class:`RedisUnavailable`); the cause is chained."""
+
+
+class RedisUnavailable(StorageError):
+    """A :class:`walsess.RedisStore` could not reach its Redis server (connection
+    refused, reset or timed out); the message names the server's address.
+
+    The call changed nothing it did not finish: every change to one session is
+    one Lua script, applied whole or not at all. When the connection drops
+    after a script was sent, the script may have run; retrying a
+    ``create``/``update`` is then safe, a retried ``destroy`` returns False.
+    """
 
 
 class SessionNotFound(WalsessError):

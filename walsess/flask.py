@@ -78,7 +78,7 @@ from .request import KEEP, Action, RequestSession, cookie_finder
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
 
-    from .store import Store
+    from .protocol import SessionStore
 
 __all__ = ["FlaskSession", "WalsessSessionInterface", "init_app", "logout", "regenerate"]
 
@@ -148,7 +148,7 @@ class WalsessSessionInterface(SessionInterface):
 
     def __init__(
         self,
-        store: Store,
+        store: SessionStore,
         *,
         meta: Callable[[Request], Mapping[str, Any] | None] | None = None,
     ) -> None:
@@ -265,7 +265,7 @@ def _vary_on_cookie(response: Response) -> None:
 
 def init_app(
     app: Flask,
-    store: Store,
+    store: SessionStore,
     *,
     meta: Callable[[Request], Mapping[str, Any] | None] | None = None,
 ) -> None:
@@ -284,7 +284,7 @@ def init_app(
         store = walsess.open("var/sessions")
         walsess.flask.init_app(app, store, meta=lambda r: {"ua": r.user_agent.string})
     """
-    len(store)  # raises now for a closed or forked store, with what to do about it
+    store.ping()  # raises now for a closed or forked store (or a Redis not there)
     app.session_interface = WalsessSessionInterface(store, meta=meta)
     app.extensions["walsess"] = store
 

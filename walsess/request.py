@@ -31,8 +31,10 @@ backend can get wrong lives here instead, once:
 
 The view needs of its store only the public API (``get``, ``create``,
 ``regenerate``, ``destroy``, ``touch``, ``wait_synced``, ``codec`` and the
-:class:`~walsess.Session` methods ``encoded`` and ``write_encoded``), so any
-store with that API can stand behind every integration.
+:class:`~walsess.Session` methods ``encoded`` and ``write_encoded``): the
+:class:`~walsess.protocol.SessionStore` protocol, which both
+:class:`walsess.Store` and :class:`walsess.RedisStore` meet, so either stands
+behind every integration.
 
 Cost: loading is one ``store.get`` plus a dict copy; committing encodes only
 the values the request read or set. A request that reads one small key costs
@@ -62,8 +64,7 @@ from .errors import SessionNotFound, ValidationError
 from .session import MISSING
 
 if TYPE_CHECKING:
-    from .session import Session
-    from .store import Store
+    from .protocol import SessionHandle, SessionStore
 
 __all__ = ["KEEP", "Action", "Outcome", "RequestSession", "cookie_finder"]
 
@@ -132,7 +133,8 @@ class RequestSession(MutableMapping[str, Any]):
 
     Not thread-safe: one request, one thread (or one task) at a time.
 
-    :param store: a :class:`walsess.Store` (or a store with the same API).
+    :param store: a :class:`walsess.Store`, a :class:`walsess.RedisStore`, or any
+        :class:`~walsess.protocol.SessionStore`.
     :param token: the token the client sent (its cookie), or None. Anything
         the store does not know as a live session is treated as no session.
     :param meta: called once, when this request creates a session, for the
@@ -154,7 +156,7 @@ class RequestSession(MutableMapping[str, Any]):
 
     def __init__(
         self,
-        store: Store,
+        store: SessionStore,
         token: str | None,
         *,
         meta: Callable[[], Mapping[str, Any] | None] | None = None,
@@ -163,7 +165,7 @@ class RequestSession(MutableMapping[str, Any]):
         self._token = token
         self._meta = meta
         self._loaded = False
-        self._handle: Session | None = None
+        self._handle: SessionHandle | None = None
         self._raw: dict[str, bytes] = {}
         self._data: dict[str, Any] = {}
         self._regenerated = False
@@ -189,7 +191,7 @@ class RequestSession(MutableMapping[str, Any]):
         return self._data
 
     @property
-    def store(self) -> Store:
+    def store(self) -> SessionStore:
         """The store this view reads and writes."""
         return self._store
 
@@ -212,7 +214,7 @@ class RequestSession(MutableMapping[str, Any]):
         return None if self._handle is None else self._handle.id
 
     @property
-    def handle(self) -> Session | None:
+    def handle(self) -> SessionHandle | None:
         """The store's :class:`~walsess.Session` behind this view, or None if
         the request has no live stored session (yet)."""
         self._load()
@@ -380,7 +382,7 @@ class RequestSession(MutableMapping[str, Any]):
                 raw[key] = vb
         return cookie
 
-    def _cookie(self, handle: Session) -> Outcome:
+    def _cookie(self, handle: SessionHandle) -> Outcome:
         expires_at = handle.expires_at
         now = self._store.now()
         return Outcome(

@@ -18,14 +18,14 @@ from .errors import SessionNotFound, ValidationError
 from .table import SessionState
 from .tokens import ref_of
 
-__all__ = ["MISSING", "Session", "SessionBackend", "SessionInfo"]
+__all__ = ["MISSING", "Session", "SessionBackend", "SessionInfo", "pairs_of"]
 
 #: "No value": as a value in :meth:`SessionBackend.modify`'s items it deletes
 #: the key; as the default of ``Store.regenerate(user=)`` it keeps the owner.
 MISSING: Any = object()
 
 
-def _pairs(data: object) -> list[tuple[Any, Any]]:
+def pairs_of(data: object) -> list[tuple[Any, Any]]:
     """The (key, value) pairs of a mapping or of an iterable of pairs, or
     :class:`ValidationError` for anything else (nothing is written)."""
     if isinstance(data, Mapping):
@@ -225,7 +225,7 @@ class Session(MutableMapping[str, Any]):
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set several keys in one record: all of them, or (on any error) none."""
-        items = _pairs(other)
+        items = pairs_of(other)
         items.extend(kwargs.items())
         self._store.modify(self._state, self._digest, False, items)
 
@@ -235,7 +235,7 @@ class Session(MutableMapping[str, Any]):
 
     def replace(self, data: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
         """Make the data exactly *data*, as one record (clear, then set each key)."""
-        self._store.modify(self._state, self._digest, True, _pairs(data))
+        self._store.modify(self._state, self._digest, True, pairs_of(data))
 
     def encoded(self) -> dict[str, bytes]:
         """Every key's stored bytes (its value as the store's codec encoded it),

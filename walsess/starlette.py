@@ -53,7 +53,7 @@ from starlette.websockets import WebSocketDisconnect
 from .request import KEEP, Action, Outcome, RequestSession, cookie_finder
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .protocol import SessionStore
 
 __all__ = ["SessionMiddleware", "logout", "regenerate"]
 
@@ -67,7 +67,8 @@ class SessionMiddleware:
     :class:`~walsess.request.RequestSession`: a mutable mapping, not a dict.
 
     :param app: the ASGI application (passed by ``app.add_middleware``).
-    :param store: the :class:`walsess.Store` holding the sessions. The
+    :param store: the :class:`walsess.Store` (or :class:`walsess.RedisStore`) holding
+        the sessions. The
         application owns it: open it at start-up (so a store held by another
         process fails start-up, not the first request) and close it at
         shutdown.
@@ -105,7 +106,7 @@ class SessionMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        store: Store,
+        store: SessionStore,
         session_cookie: str = "session",
         max_age: int | None = 14 * 24 * 60 * 60,  # 14 days, in seconds
         path: str = "/",

@@ -22,7 +22,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import record as rec
 from . import tokens
@@ -30,7 +30,6 @@ from .codec import JSON, decoder_of_all
 from .compaction import Compaction, Compactor
 from .durability import make_policy
 from .errors import (
-    CodecError,
     InsecureStore,
     SessionNotFound,
     StorageError,
@@ -38,7 +37,6 @@ from .errors import (
     StoreForked,
     StoreFull,
     StorePoisoned,
-    TooManyKeys,
     ValidationError,
     ValueTooLarge,
 )
@@ -50,6 +48,19 @@ from .options import check_positive as _positive
 from .session import MISSING, Session, SessionInfo
 from .storedir import Recovery, StoreDirectory
 from .table import DEAD, SessionState, SessionTable
+from .validate import (
+    check_data,
+    check_user,
+    encode_items,
+    encode_meta,
+    kept_ref_keys,
+    too_large,
+    too_many_changes,
+    too_many_keys,
+)
+
+if TYPE_CHECKING:
+    from .protocol import SessionStore
 
 __all__ = ["Compaction", "Store", "open"]
 
@@ -297,6 +308,12 @@ class Store:
             )
         return StoreClosed(f"store {self.path} is closed")
 
+    def ping(self) -> None:
+        """Raise :class:`StoreClosed` (:class:`StoreForked` in a forked child) if this
+        store cannot be used here; costs nothing otherwise. The integrations call it
+        at start-up (a :class:`walsess.RedisStore`'s asks its server)."""
+        self._check_open()
+
     def now(self) -> float:
         """The store's clock (seconds since the epoch; the ``clock`` given to open)."""
         return self.clock()
@@ -362,9 +379,7 @@ class Store:
     # -- validation ---------------------------------------------------------------
 
     def _too_large(self, vb: bytes) -> ValueTooLarge:
-        return ValueTooLarge(
-            f"encoded value is {len(vb)} bytes; max_value_bytes is {self.max_value_bytes}"
-        )
+        return too_large(vb, self.max_value_bytes)
 
     def _encode_value(self, value: Any) -> bytes:
         vb = self._encode(value)
@@ -376,30 +391,8 @@ class Store:
         self, items: Iterable[tuple[Any, Any]]
     ) -> tuple[dict[str, bytes], list[bytes], list[bytes]]:
         """Validated *items*: (key -> encoded value, the UTF-8 keys, the encoded values)."""
-        encode = self._encode
-        limit = self.max_value_bytes
-        data: dict[str, bytes] = {}
-        for key, value in items:
-            vb = encode(value)
-            if len(vb) > limit:
-                raise self._too_large(vb)
-            data[key] = vb
-        if len(data) > rec.MAX_KEYS:
-            raise _too_many_keys(len(data))
+        data = encode_items(self._encode, items, self.max_value_bytes)
         return data, rec.keys_bytes(data), list(data.values())
-
-    @staticmethod
-    def _check_user(user: object, allow_none: bool = True) -> None:
-        if user is None and allow_none:
-            return
-        if not isinstance(user, str):
-            raise ValidationError(f"user must be a str, not {type(user).__name__}")
-        try:
-            size = len(user.encode())
-        except UnicodeEncodeError:
-            raise ValidationError("user is not valid Unicode (it has a lone surrogate)") from None
-        if size > rec.MAX_KEY_BYTES:
-            raise ValidationError("user is longer than 65,535 UTF-8 bytes")
 
     # -- sessions -----------------------------------------------------------------
 
@@ -456,19 +449,9 @@ class Store:
         else:
             _positive("max_lifetime", max_lifetime)
             lifetime = float(max_lifetime)
-        self._check_user(user)
-        meta_b: bytes | None = None
-        if meta is not None:
-            if not isinstance(meta, Mapping):
-                raise ValidationError("meta must be a mapping")
-            try:
-                meta_b = JSON.encode(dict(meta))
-            except CodecError as exc:
-                raise CodecError(f"meta must be JSON: {exc}") from None
-            if len(meta_b) > self.max_value_bytes:
-                raise ValueTooLarge("meta is larger than max_value_bytes")
-        if data is not None and not isinstance(data, Mapping):
-            raise ValidationError(f"data must be a mapping, not {type(data).__name__}")
+        check_user(user)
+        meta_b = encode_meta(meta, self.max_value_bytes)
+        check_data(data)
         values, kbs, vbs = self._encode_items(data.items() if data else ())
         token = tokens.new_token()
         digest = tokens.digest(token)
@@ -629,7 +612,7 @@ class Store:
             owner is kept and one CHANGE_ID record is written.
         """
         if user is not MISSING:
-            self._check_user(user)
+            check_user(user)
         found = self._lookup(token)
         if found is None:
             raise SessionNotFound("cannot regenerate: no live session has this token")
@@ -689,7 +672,7 @@ class Store:
                 self.live_state(st, digest)
             data = st.data  # decoded here if still packed: before anything is written
             if len(data) >= rec.MAX_KEYS and key not in data:
-                raise _too_many_keys(len(data) + 1)
+                raise too_many_keys(len(data) + 1)
             try:
                 pos = self._log.append(record)
             except StorePoisoned as exc:
@@ -746,9 +729,7 @@ class Store:
                     raise self._too_large(vb)
             encoded.append((rec.key_bytes(key), vb))
         if len(encoded) > rec.MAX_KEYS:  # the reader refuses a longer change list
-            raise TooManyKeys(
-                f"one change may set or delete at most {rec.MAX_KEYS:,} keys, not {len(encoded):,}"
-            )
+            raise too_many_changes(len(encoded))
         record = rec.encode_modify(st.sid, clear, encoded)
         if len(record) > rec.MAX_PAYLOAD_BYTES:
             raise ValueTooLarge("the change is larger than one record may be (1 GiB)")
@@ -766,7 +747,7 @@ class Store:
                     else:
                         keys.add(key)
                 if len(keys) > rec.MAX_KEYS:
-                    raise _too_many_keys(len(keys))
+                    raise too_many_keys(len(keys))
             pos = self._commit(record)
             SessionTable.modify(st, clear, changes)
         if self._always:
@@ -817,7 +798,7 @@ class Store:
 
     def sessions_of(self, user: str) -> list[SessionInfo]:
         """The live sessions of *user*, oldest first, as infos: an "active devices" list."""
-        self._check_user(user, allow_none=False)
+        check_user(user, allow_none=False)
         self._check_open()
         now = self.clock()
         with self._lock:
@@ -826,17 +807,9 @@ class Store:
     def destroy_user(self, user: str, keep: Iterable[str] = ()) -> int:
         """Destroy every live session of *user* except those in *keep* (tokens or refs):
         "log out my other devices". Returns how many were destroyed; hooks see "revoked"."""
-        self._check_user(user, allow_none=False)
+        check_user(user, allow_none=False)
         self._check_open()
-        if isinstance(keep, str):
-            raise ValidationError("keep must be a collection of tokens or refs, not one string")
-        kept: set[bytes] = set()
-        for item in keep:
-            key = tokens.parse_ref(item)
-            if key is None and isinstance(item, str):
-                key = tokens.ref_key(tokens.digest(item))
-            if key is not None:
-                kept.add(key)
+        kept = kept_ref_keys(keep)
         now = self.clock()
         with self._lock:
             doomed = [
@@ -1021,12 +994,6 @@ class Store:
         return f"<walsess.Store {self.path!r} {self.durability} {state}>"
 
 
-def _too_many_keys(count: int) -> TooManyKeys:
-    return TooManyKeys(
-        f"a session may hold at most {rec.MAX_KEYS:,} keys; this change would give it {count:,}"
-    )
-
-
 def _make_dir(path: str, fs: FileSystem) -> bool:
     """Create the store directory owner-only; True if it was created now."""
     parent = os.path.dirname(os.path.abspath(path))
@@ -1083,3 +1050,10 @@ def _memory_per_session(sample: list[SessionState]) -> float:
         if st.meta is not None:
             total += size(st.meta)
     return total / len(sample)
+
+
+if TYPE_CHECKING:
+
+    def _meets_the_protocol(store: Store) -> SessionStore:
+        """mypy checks here that a Store is what the integrations take."""
+        return store
