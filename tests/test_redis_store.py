@@ -73,6 +73,8 @@ def test_redis_keys_of_a_session_share_a_hash_tag_of_its_ref(rstore: RedisStore)
     new = rstore.regenerate(s.id, user="v")
     if rstore.cluster:  # the new ref keeps the old one's hash tag: one node, one script
         assert new.ref[:2] == s.ref[:2]
+        # a byte of its digest is chosen, so it draws 8 more bits: 256 remain
+        assert len(new.id) == len(walsess.tokens.new_token()) + 1
     assert [k for k in all_keys(rstore) if b":s:" in k] == [
         f"walsess:s:{{{new.ref[:2]}}}:{new.ref}".encode()
     ]

@@ -5,6 +5,7 @@ The API's behaviour, the same on every store, is tested in test_api_both.py.
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
 import stat
@@ -667,3 +668,12 @@ def test_stats_say_what_the_open_read_and_how_long_it_took(
         stats = store.stats()
         assert stats["sessions_loaded"] == 2 and stats["records_replayed"] == 2
         assert 0 <= stats["open_seconds"] == store.recovery.seconds
+
+
+def test_embedded_tagged_tokens_keep_256_bits_and_their_tag() -> None:
+    """tokens.new_token_tagged (a regenerated Redis Cluster session): the digest's
+    first byte is the one asked for, and the token draws 264 bits."""
+    for first in (0, 0x7F, 0xFF):
+        token, digest = walsess.tokens.new_token_tagged(first)
+        assert digest == walsess.tokens.digest(token) and digest[0] == first
+        assert len(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))) * 8 == 264

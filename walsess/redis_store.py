@@ -50,9 +50,11 @@ session created while they run may be missed, as with the embedded store.
 
 **Regenerate in a cluster.** ``RENAME`` needs both keys on one node, so in
 a cluster the new token is drawn until its ref starts with the old ref's
-two hex digits (the hash tag): about 256 draws, under a millisecond. The
-token keeps its 256 bits of entropy. Sessions are spread over 256 hash
-tags, enough for a cluster of dozens of masters.
+two hex digits (the hash tag): about 256 draws, under a millisecond. Such a
+token is drawn from 264 bits (44 characters), so that 256 bits of entropy
+remain once its digest's first byte is fixed
+(:func:`walsess.tokens.new_token_tagged`). Sessions are spread over 256
+hash tags, enough for a cluster of dozens of masters.
 
 **Destroy hooks.** :meth:`RedisStore.on_destroy` hooks run in the process
 that destroyed, regenerated or revoked the session, or that removed it in
@@ -811,13 +813,12 @@ class RedisStore:
             owner = current.user if user is MISSING else user
             expires_at = current.expires_at
         while True:
-            new_token = tokens.new_token()
-            new_digest = tokens.digest(new_token)
             if self.cluster:
                 # RENAME needs both keys on one node: the same hash tag.
-                while new_digest[0] != old_digest[0]:
-                    new_token = tokens.new_token()
-                    new_digest = tokens.digest(new_token)
+                new_token, new_digest = tokens.new_token_tagged(old_digest[0])
+            else:
+                new_token = tokens.new_token()
+                new_digest = tokens.digest(new_token)
             new_ref = tokens.ref_of(new_digest)
             if self.cluster and owner is not None:
                 # Listed before it exists: the index never misses a live session.
