@@ -589,11 +589,13 @@ class SessionTable:
     def set_key(self, sid: int, key: str, value: bytes) -> None:
         """Replay's fast path: one key set by a MODIFY record. A session whose
         item block is still packed keeps the key beside it, undecoded."""
-        st = self.state(sid)
+        st = self.by_sid.get(sid)  # state()'s probe, inlined: this runs per record
+        if type(st) is int:
+            st = self.state(sid)
         if st is not None:
-            data = st._data
+            data = st._data  # type: ignore[union-attr]
             if data is None:
-                st._data = {key: value}
+                st._data = {key: value}  # type: ignore[union-attr]
             else:
                 data[key] = value
 
