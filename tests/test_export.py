@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -288,3 +290,30 @@ def test_refuses_a_store_open_elsewhere(target_url: str, store_dir: str, clock: 
         status, _, err = run_main("export", store_dir, "--to", target_url)
         assert status == 1 and "stop the application" in err
     assert db_size(target_url) == 0
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so the progress bar draws on it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_command_draws_a_bar_on_a_terminal_and_erases_it(
+    target_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "store")
+    with walsess.open(path, cleanup_interval=None) as store:
+        for i in range(3):
+            store.create({"i": i})
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert main(["export", path, "--to", target_url], io.StringIO()) == 0
+    drawn = term.getvalue()
+    frames = re.findall(r"\rexporting \[[#.]{30}\] (\d+/\d+) ", drawn)
+    assert frames == ["1/3", "2/3", "3/3"], drawn
+    assert drawn.endswith("\r" + " " * 100 + "\r")
+    plain = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", plain)
+    assert main(["export", path, "--to", target_url, "--dry-run"], io.StringIO()) == 0
+    assert plain.getvalue() == ""  # not a terminal: nothing drawn
