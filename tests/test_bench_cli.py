@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,52 @@ def test_missing_peer_is_skipped_with_how_to_install(tmp_path: Path) -> None:
     assert peers["redis-always"]["reason"] in line
     assert peers["floor-dict"]["status"] == "ran"
     assert set(results_of(doc)) == {("set", "floor-dict")}
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_redis_store_row_beside_the_raw_peer_with_its_targets(tmp_path: Path) -> None:
+    res = bench(
+        tmp_path, "--only", "walsess-redis,redis-everysec,set,read,open", "--scale", SCALE,
+        "--no-png",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "walsess-bench.json").read_text())
+    assert set(results_of(doc)) == {
+        ("set", "walsess-redis"), ("set", "redis-everysec"),
+        ("read", "walsess-redis"), ("read", "redis-everysec"), ("open", "redis-everysec"),
+    }  # fmt: skip
+    targets = {t["workload"]: t for t in doc["targets"]}
+    assert set(targets) == {"set", "read"}
+    for work, t in targets.items():
+        assert (t["peer"], t["reference"], t["limit"]) == ("walsess-redis", "redis-everysec", 1.3)
+        assert t["time_ratio"] > 0 and t["met"] == (t["time_ratio"] <= 1.3)
+        verdict = "met" if t["met"] else "NOT MET"
+        assert (
+            f"  target {work}: walsess-redis takes {t['time_ratio']:.2f} x the time of"
+            f" redis-everysec per operation (at most 1.3): {verdict}"
+        ) in res.stdout
+    # A row in the set and read tables beside the raw peer (which also has open).
+    shown = [x.split()[0] for x in res.stdout.splitlines() if x.startswith("  ") and "redis" in x]
+    assert shown.count("walsess-redis") == 2 and shown.count("redis-everysec") == 3
+
+
+def test_a_target_is_the_median_of_the_same_rounds_time_ratios() -> None:
+    from walsess.benchmark.runner import Results, verdicts
+    from walsess.benchmark.workloads import workload
+
+    results = Results()
+    for mine, raw in ((100.0, 120.0), (80.0, 120.0), (100.0, 110.0)):  # ops/s per round
+        results.add(workload("set"), "walsess-redis", mine)
+        results.add(workload("set"), "redis-everysec", raw)
+    results.add(workload("read"), "walsess-redis", 50.0)  # the raw row did not run
+    (v,) = verdicts(results)
+    assert v.target.workload == "set"
+    assert v.ratio == pytest.approx(1.2)  # of 1.2, 1.5 and 1.1
+    assert v.met and "(at most 1.3): met" in v.line()
+    results.add(workload("set"), "walsess-redis", 60.0)
+    results.add(workload("set"), "redis-everysec", 120.0)
+    (v,) = verdicts(results)
+    assert v.ratio == pytest.approx(1.35) and not v.met and v.line().endswith("NOT MET")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib")

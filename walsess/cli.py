@@ -1,8 +1,9 @@
-"""The ``walsess`` command: check, dump, repair, stats and compact a store directory.
+"""The ``walsess`` command: check, dump, repair, stats, compact and export a store directory.
 
 check, dump and stats only read, take no lock and work while another
-process has the store open. repair and compact take the store's lock and
-say so when someone else holds it.
+process has the store open. repair, compact and export take the store's
+lock and say so when someone else holds it (export changes no file: it
+holds the lock so the application cannot change the store while it copies).
 
 Exit status: 0 success (for check: clean, or only a torn tail that the next
 open cuts), 1 corruption or a failed operation, 2 a usage error.
@@ -22,7 +23,8 @@ from . import record as rec
 from . import tokens
 from .changelog import LOG_FILE
 from .codec import JSON
-from .errors import LockedError, WalsessError
+from .errors import LockedError, ValidationError, WalsessError
+from .export import export_store
 from .fileio import OS
 from .options import Options
 from .progress import Progress
@@ -346,12 +348,58 @@ class _PassThrough:
         return data
 
 
+# -- export ------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    from .redis_store import RedisStore  # needs redis-py: only for this command
+
+    try:
+        # The largest values a store can hold: export copies bytes, whatever their size.
+        target = RedisStore.from_url(
+            args.to, prefix=args.prefix, max_value_bytes=rec.MAX_PAYLOAD_BYTES // 2
+        )
+    except ValidationError as exc:
+        raise UsageError(f"--to/--prefix: {_one_line(exc)}") from None
+    bar_stream = _bar_stream(args.dir)
+    opening = None if bar_stream is None else Progress(0, "opening", bar_stream, percent=True)
+    # Each session is a round trip to Redis: drawn whenever stderr is a terminal.
+    bar = Progress(0, "checking" if args.dry_run else "exporting")
+    try:
+        report = export_store(
+            args.dir,
+            target,
+            dry_run=args.dry_run,
+            progress=lambda done, total: bar.update(done, total=total),
+            load_progress=(
+                None if opening is None else lambda done, total: opening.update(done, total=total)
+            ),
+        )
+    finally:
+        if opening is not None:
+            opening.finish()
+        bar.finish()
+        target.close()
+    where = f"{target.address} (prefix {args.prefix!r})"
+    what = (
+        f"{report.sessions:,} sessions of {report.users:,} users"
+        f" ({report.anonymous:,} without one), {_size(report.data_bytes)} of data"
+    )
+    if report.dry_run:
+        out.write(f"would copy {what} from {args.dir} to {where}; nothing written\n")
+    else:
+        out.write(f"copied {what} from {args.dir} to {where} in {report.seconds:.2f} s\n")
+    if report.expired:
+        out.write(f"skipped {report.expired:,} expired sessions\n")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="walsess", description="Inspect, verify and repair walsess stores."
+        prog="walsess", description="Inspect, verify, repair and export walsess stores."
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -373,6 +421,36 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c = sub.add_parser("compact", help="write a snapshot and drop old log files")
     c.add_argument("dir")
+    c = sub.add_parser(
+        "export",
+        help="copy every live session into Redis (walsess.RedisStore)",
+        description=(
+            "Copy every live session of the store in DIR into Redis, for a"
+            " walsess.RedisStore: tokens, refs, owners, metadata, data (the encoded"
+            " bytes: give the RedisStore the application's codec) and the idle and"
+            " absolute time each has left. Stop the application first: the store's"
+            " lock is held while copying. Running it again writes the same sessions"
+            " again (idempotent), so rerun it after an interruption. Exit status 1,"
+            " with the reason, if Redis cannot be reached."
+        ),
+    )
+    c.add_argument("dir")
+    c.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="redis://HOST:PORT[/DB], rediss://..., unix:///path or redis+cluster://HOST:PORT",
+    )
+    c.add_argument(
+        "--prefix",
+        default="walsess",
+        help="the RedisStore's key prefix (its prefix= argument; default walsess)",
+    )
+    c.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say what would be copied (sessions, users, bytes) and write nothing",
+    )
     from .benchmark.runner import add_arguments
 
     add_arguments(sub.add_parser("bench", help="benchmark walsess against sqlite3, Redis, ..."))
@@ -392,6 +470,7 @@ _COMMANDS = {
     "stats": cmd_stats,
     "compact": cmd_compact,
     "bench": cmd_bench,
+    "export": cmd_export,
 }
 
 

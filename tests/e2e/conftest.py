@@ -12,11 +12,12 @@ from .harness import Framework, Server, spawn, start
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """A factory of servers (``servers(framework, store_dir, wait=True)``), each stopped
+    """A factory of servers (``servers(framework, store_dir, wait=True)``; *store_dir*
+    is a Redis URL for a framework on Redis), each stopped
     at the end of the test, however it ends."""
     started: list[Server] = []
 
-    def make(framework: Framework, store_dir: Path, *, wait: bool = True) -> Server:
+    def make(framework: Framework, store_dir: Path | str, *, wait: bool = True) -> Server:
         output = tmp_path / f"server-{len(started)}.log"
         server = (
             start(framework, store_dir, output) if wait else spawn(framework, store_dir, output)

@@ -66,6 +66,17 @@ FRAMEWORKS = {
 }
 
 
+#: Flask on a walsess.RedisStore under four gunicorn worker processes (sync workers:
+#: one request at a time each, so overlapping requests run in different processes).
+#: Its "store" is the Redis URL, in WALSESS_E2E_REDIS.
+FLASK_REDIS = Framework(
+    "flask-redis",
+    _command("gunicorn --workers 4 --bind fd://{fd} --graceful-timeout 5 app_flask_redis:app"),
+    cookie="session",
+    store_env="WALSESS_E2E_REDIS",
+)
+
+
 #: The example application (examples/app.py), served as the README says: one uvicorn worker.
 EXAMPLE_APP = Framework(
     "example",
@@ -196,8 +207,9 @@ def _wait_pid_exit(pid: int, deadline: float) -> bool:
         os.close(pidfd)
 
 
-def spawn(framework: Framework, store_dir: Path, output: Path) -> Server:
-    """Start *framework*'s server on *store_dir* on a fresh 127.0.0.1 port; don't wait."""
+def spawn(framework: Framework, store_dir: Path | str, output: Path) -> Server:
+    """Start *framework*'s server on *store_dir* (a directory, or a Redis URL for
+    :data:`FLASK_REDIS`) on a fresh 127.0.0.1 port; don't wait."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -229,7 +241,9 @@ def spawn(framework: Framework, store_dir: Path, output: Path) -> Server:
     return Server(framework, proc, port, output)
 
 
-def start(framework: Framework, store_dir: Path, output: Path, timeout: float = 30.0) -> Server:
+def start(
+    framework: Framework, store_dir: Path | str, output: Path, timeout: float = 30.0
+) -> Server:
     """Start *framework*'s server on *store_dir* and return once it answers ``/health``."""
     server = spawn(framework, store_dir, output)
     try:

@@ -17,6 +17,11 @@ above 1 is more ops/s (better) for throughput, more seconds or bytes
 two floors; for the durable workloads, which only durable rows run,
 sqlite-full. The printed open table also has a column for floor-json (one
 ``json.loads`` of the same sessions, open's floor: ``Workload.floors``).
+
+After the tables come the targets (:data:`TARGETS`): walsess.RedisStore's
+per-key set and whole-session read against the raw redis-py hash peer on the
+same server settings, as a ratio of time per operation computed from the
+same run's repeats, with "met" or "not met".
 """
 
 from __future__ import annotations
@@ -39,8 +44,18 @@ import walsess
 
 from ..progress import Progress
 from . import web
-from .measure import Measured, rotated, run_for, run_threads
-from .peers import BASELINE, DURABLE_BASELINE, FLOORS, PEERS, PIP_HINT, PeerSpec, peer_names
+from .measure import Measured, median, rotated, run_for, run_threads
+from .peers import (
+    BASELINE,
+    DURABLE_BASELINE,
+    FLOORS,
+    PEERS,
+    PIP_HINT,
+    REDIS_RAW,
+    REDIS_STORE,
+    PeerSpec,
+    peer_names,
+)
 from .workloads import (
     ALIASES,
     SEED,
@@ -53,7 +68,7 @@ from .workloads import (
     parse_scale,
 )
 
-__all__ = ["FULL", "QUICK", "Settings", "add_arguments", "run"]
+__all__ = ["FULL", "QUICK", "TARGETS", "Settings", "Target", "Verdict", "add_arguments", "run"]
 
 JSON_DEFAULT = "walsess-bench.json"
 PNG_DEFAULT = "walsess-bench.png"
@@ -124,7 +139,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``walsess bench``."""
     p.description = (
         "Benchmark walsess side by side with sqlite3, diskcache, lmdb, cachelib's"
-        " FileSystemCache and a Redis server (started here), and two floors: the same"
+        " FileSystemCache, a Redis server (started here) through redis-py and through"
+        " walsess.RedisStore, and two floors: the same"
         " workloads for every row, printed as a table of ops/s with each row's ratio to"
         " sqlite-normal and to the floors, and written as JSON and a PNG chart. Rows whose"
         f" package or server is missing are skipped ({PIP_HINT}; apt-get install redis-server)."
@@ -226,6 +242,77 @@ class Results:
 
     def fail(self, peer: str, workload: str, exc: BaseException) -> None:
         self.errors.append((peer, workload, f"{type(exc).__name__}: {exc}"))
+
+
+# -- targets ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Row *peer*'s time per operation of *workload* is at most *limit* times row
+    *reference*'s."""
+
+    workload: str
+    peer: str
+    reference: str
+    limit: float
+
+
+#: Issue 12: walsess.RedisStore's per-key set and whole-session read within 1.3 x
+#: the time of the raw redis-py hash peer on the same server settings.
+TARGETS: tuple[Target, ...] = (
+    Target("set", REDIS_STORE, REDIS_RAW, 1.3),
+    Target("read", REDIS_STORE, REDIS_RAW, 1.3),
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A :class:`Target` judged on one run: *ratio* is the median over repeats of
+    (peer's time per operation / reference's), each repeat's two figures taken in
+    the same round (the rows' repeats are interleaved)."""
+
+    target: Target
+    ratio: float
+
+    @property
+    def met(self) -> bool:
+        return self.ratio <= self.target.limit
+
+    def line(self) -> str:
+        t = self.target
+        return (
+            f"  target {t.workload}: {t.peer} takes {self.ratio:.2f} x the time of {t.reference}"
+            f" per operation (at most {t.limit:g}): {'met' if self.met else 'NOT MET'}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        t = self.target
+        return {
+            "workload": t.workload,
+            "peer": t.peer,
+            "reference": t.reference,
+            "limit": t.limit,
+            "time_ratio": self.ratio,
+            "met": self.met,
+        }
+
+
+def verdicts(results: Results) -> list[Verdict]:
+    """The :data:`TARGETS` whose two rows ran in *results*, judged.
+
+    Cost: O(repeats) per target. The samples are ops/s, so a repeat's time ratio is
+    reference ops/s over peer ops/s.
+    """
+    out = []
+    for t in TARGETS:
+        mine, ref = results.get(t.workload, t.peer), results.get(t.workload, t.reference)
+        if mine is None or ref is None:
+            continue
+        pairs = [(a, b) for a, b in zip(mine.samples, ref.samples, strict=False) if a > 0]
+        if pairs:
+            out.append(Verdict(t, median(b / a for a, b in pairs)))
+    return out
 
 
 # -- running ------------------------------------------------------------------------------
@@ -400,6 +487,11 @@ def format_report(
                 ratio = results.ratio(r, ref)
                 cells.append(f" {'-' if ratio is None else f'{ratio:.2f}':>18}")
             out.append(f"  {r.peer:<18} {_fmt_value(w, r.median):>14}" + "".join(cells))
+    judged = verdicts(results)
+    if judged:
+        out.append("")
+        out.append("targets (issue 12: what moving to walsess.RedisStore costs per request):")
+        out.extend(v.line() for v in judged)
     if results.errors:
         out.append("")
         for peer, work, msg in results.errors:
@@ -475,6 +567,7 @@ def to_json(
             for w in works
         ],
         "results": out_results,
+        "targets": [v.to_json() for v in verdicts(results)],
         "errors": [{"peer": p, "workload": w, "error": m} for p, w, m in results.errors],
     }
 
