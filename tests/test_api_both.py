@@ -61,6 +61,17 @@ def test_revoke_by_ref(any_store: AnyStore) -> None:
     assert store.revoke(s.ref) and store.get(s.id) is None and not store.revoke(s.ref)
 
 
+def test_a_session_without_data_is_found(any_store: AnyStore) -> None:
+    store = any_store
+    empty = store.create()
+    cleared = store.create({"#d": 1, "a": 2})
+    cleared.clear()
+    for s in (empty, cleared):
+        got = store.get(s.id)
+        assert got is not None and got.ref == s.ref
+        assert got.encoded() == {} and len(got) == 0 and got.to_dict() == {}
+
+
 def test_unknown_tokens(any_store: AnyStore) -> None:
     store = any_store
     store.create()

@@ -150,12 +150,15 @@ local function deadline(v)
   if v == 'inf' then return math.huge end
   return tonumber(v)
 end
+local function check(d, i, h, t, u, digest, now)
+  if not d or (digest ~= '' and d ~= digest) then return nil end
+  local idle, hard = deadline(i), deadline(h)
+  if not (now < idle and now < hard) then return nil end
+  return {idle, hard, tonumber(t), u}
+end
 local function alive(key, digest, now)
   local f = redis.call('HMGET', key, '#d', '#i', '#h', '#t', '#u')
-  if not f[1] or (digest ~= '' and f[1] ~= digest) then return nil end
-  local idle, hard = deadline(f[2]), deadline(f[3])
-  if not (now < idle and now < hard) then return nil end
-  return {idle, hard, tonumber(f[4]), f[5]}
+  return check(f[1], f[2], f[3], f[4], f[5], digest, now)
 end
 local function expire(key, at, now)
   redis.call('PEXPIRE', key, math.max(1, math.ceil((at - now) * 1000)))
@@ -193,20 +196,29 @@ if ARGV[4] ~= '' then redis.call('ZADD', ARGV[4], ARGV[2], ARGV[3]) end
 return 1
 """
 
-# ARGV: digest, now, granularity. False if not alive, else {moved, HGETALL}.
+# ARGV: digest, now, granularity. False if not alive, else the data fields
+# and their values, flat: only those, since parsing the reply is most of a
+# read's client-side cost.
 _GET = """
 local now = tonumber(ARGV[2])
-local s = alive(KEYS[1], ARGV[1], now)
+local all, out, n, f = redis.call('HGETALL', KEYS[1]), {}, 0, {}
+for i = 1, #all, 2 do
+  local k = all[i]
+  if string.byte(k) == 46 then
+    out[n + 1], out[n + 2], n = k, all[i + 1], n + 2
+  else
+    f[k] = all[i + 1]
+  end
+end
+local s = check(f['#d'], f['#i'], f['#h'], f['#t'], f['#u'], ARGV[1], now)
 if not s then return false end
 local idle, hard, ttl = s[1], s[2], s[3]
 local new_idle = now + ttl
-local moved = 0
 if new_idle - idle >= math.min(tonumber(ARGV[3]), ttl * 0.1) then
   redis.call('HSET', KEYS[1], '#i', string.format('%.17g', new_idle))
   expire(KEYS[1], math.min(new_idle, hard), now)
-  moved = 1
 end
-return {moved, redis.call('HGETALL', KEYS[1])}
+return out
 """
 
 # ARGV: digest, now, ttl ("" keeps the session's). 1, or 0 if not alive.
@@ -718,11 +730,10 @@ class RedisStore:
         reply = self._call(
             self._s_get, keys=[key], args=[digest, _text(self.clock()), self.touch_granularity]
         )
-        if not reply:
+        if reply is None:
             return None
-        fields = _parse(_pairs_to_dict(reply[1]))
-        assert fields is not None  # the script found it alive
-        return RedisSession(self, token, digest, fields.data)
+        data = {k[1:].decode(): v for k, v in zip(reply[::2], reply[1::2], strict=True)}
+        return RedisSession(self, token, digest, data)
 
     def _fields(self, key: str) -> _Fields | None:
         return _parse(self._call(self._r.hgetall, key))
