@@ -87,7 +87,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
@@ -105,7 +105,7 @@ from .errors import (
     ValidationError,
 )
 from .options import NAMES, Options, check_positive, short_repr
-from .session import MISSING, SessionInfo, pairs_of
+from .session import MISSING, SessionAttributes, SessionInfo, pairs_of
 from .validate import (
     check_data,
     check_user,
@@ -1336,7 +1336,7 @@ class _ExpiryWatcher:
             self._pubsub.close()
 
 
-class RedisSession(MutableMapping[str, Any]):
+class RedisSession(SessionAttributes):
     """One session in a :class:`RedisStore`: the API of :class:`walsess.Session`.
 
     Every read goes to Redis (one ``HMGET`` for a key, one ``HGETALL`` for
@@ -1373,37 +1373,6 @@ class RedisSession(MutableMapping[str, Any]):
         self._loaded = None
         return self._store.live_fields(self._digest)
 
-    # -- attributes ---------------------------------------------------------
-
-    @property
-    def ref(self) -> str:
-        """A non-secret name for this session, safe to show and log (16 hex characters)."""
-        return tokens.ref_of(self._digest)
-
-    @property
-    def created_at(self) -> float:
-        return self._live().created_at
-
-    @property
-    def expires_at(self) -> float:
-        """When the session expires unless it is read before then (idle timeout)."""
-        return self._live().expires_at
-
-    @property
-    def ttl(self) -> float:
-        """The idle timeout in seconds."""
-        return self._live().ttl
-
-    @property
-    def user(self) -> str | None:
-        return self._live().user
-
-    @property
-    def meta(self) -> dict[str, Any] | None:
-        """Metadata fixed at creation (for example the client's IP and agent)."""
-        raw = self._live().meta
-        return None if raw is None else dict(JSON.decode(raw))
-
     # -- mapping ------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
@@ -1422,12 +1391,6 @@ class RedisSession(MutableMapping[str, Any]):
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._store.read_key(self._digest, key) is not None
-
-    def __len__(self) -> int:
-        return len(self._live().data)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._live().data))
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._loaded = None
@@ -1474,20 +1437,10 @@ class RedisSession(MutableMapping[str, Any]):
         """A decoded copy of all keys, read at one moment."""
         return self._store.decode_all(self._live().data)
 
-    def __repr__(self) -> str:
-        try:
-            return f"<walsess.RedisSession ref={self.ref} keys={sorted(self._live().data)}>"
-        except SessionNotFound:
-            return f"<walsess.RedisSession ref={self.ref} (gone)>"
-        except Exception:
-            return f"<walsess.RedisSession ref={self.ref}>"
-
     def __eq__(self, other: object) -> bool:
         if isinstance(other, RedisSession):
             return self._store is other._store and self._digest == other._digest
         return super().__eq__(other)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable mapping
 
 
 if TYPE_CHECKING:

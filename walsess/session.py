@@ -18,7 +18,15 @@ from .errors import SessionNotFound, ValidationError
 from .table import SessionState
 from .tokens import ref_of
 
-__all__ = ["MISSING", "Session", "SessionBackend", "SessionInfo", "pairs_of"]
+__all__ = [
+    "MISSING",
+    "LiveSession",
+    "Session",
+    "SessionAttributes",
+    "SessionBackend",
+    "SessionInfo",
+    "pairs_of",
+]
 
 #: "No value": as a value in :meth:`SessionBackend.modify`'s items it deletes
 #: the key; as the default of ``Store.regenerate(user=)`` it keeps the owner.
@@ -119,7 +127,89 @@ class SessionBackend(Protocol):
         """Set each key to already-encoded bytes, or delete it (None): one record."""
 
 
-class Session(MutableMapping[str, Any]):
+class LiveSession(Protocol):
+    """What a handle reads a session's attributes and keys from: the session
+    as it is now (the table's :class:`~walsess.table.SessionState`, or the
+    fields a :class:`~walsess.RedisStore` read)."""
+
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def ttl(self) -> float: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def meta(self) -> bytes | None: ...
+    @property
+    def expires_at(self) -> float: ...
+    @property
+    def data(self) -> Mapping[str, bytes]: ...
+
+
+class SessionAttributes(MutableMapping[str, Any]):
+    """The part every session handle shares (:class:`Session` and
+    :class:`walsess.RedisSession`): its attributes, length, keys and repr, each
+    read from the handle's :meth:`_live`, which raises
+    :class:`SessionNotFound` once the session is gone. A handle adds the reads
+    and writes of its store.
+    """
+
+    __slots__ = ()
+
+    _digest: bytes
+
+    def _live(self) -> LiveSession:
+        """The session now, or :class:`SessionNotFound` if it is gone."""
+        raise NotImplementedError
+
+    @property
+    def ref(self) -> str:
+        """A non-secret name for this session, safe to show and log (16 hex characters)."""
+        return ref_of(self._digest)
+
+    @property
+    def created_at(self) -> float:
+        return self._live().created_at
+
+    @property
+    def expires_at(self) -> float:
+        """When the session expires unless it is read before then (idle timeout)."""
+        return self._live().expires_at
+
+    @property
+    def ttl(self) -> float:
+        """The idle timeout in seconds."""
+        return self._live().ttl
+
+    @property
+    def user(self) -> str | None:
+        return self._live().user
+
+    @property
+    def meta(self) -> dict[str, Any] | None:
+        """Metadata fixed at creation (for example the client's IP and agent)."""
+        raw = self._live().meta
+        return None if raw is None else dict(json.loads(raw))
+
+    def __len__(self) -> int:
+        return len(self._live().data)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._live().data))
+
+    def __repr__(self) -> str:
+        name = f"walsess.{type(self).__name__}"
+        try:
+            return f"<{name} ref={self.ref} keys={sorted(self._live().data)}>"
+        except SessionNotFound:
+            return f"<{name} ref={self.ref} (gone)>"
+        except Exception:
+            return f"<{name} ref={self.ref}>"
+
+    __hash__ = None  # type: ignore[assignment]  # mutable mapping
+
+
+class Session(SessionAttributes):
     """One session's data and attributes.
 
     Example::
@@ -161,37 +251,6 @@ class Session(MutableMapping[str, Any]):
             return store.live_state(st, self._digest)  # raises the right error
         return st
 
-    # -- attributes ---------------------------------------------------------
-
-    @property
-    def ref(self) -> str:
-        """A non-secret name for this session, safe to show and log (16 hex characters)."""
-        return ref_of(self._digest)
-
-    @property
-    def created_at(self) -> float:
-        return self._live().created_at
-
-    @property
-    def expires_at(self) -> float:
-        """When the session expires unless it is read before then (idle timeout)."""
-        return self._live().expires_at
-
-    @property
-    def ttl(self) -> float:
-        """The idle timeout in seconds."""
-        return self._live().ttl
-
-    @property
-    def user(self) -> str | None:
-        return self._live().user
-
-    @property
-    def meta(self) -> dict[str, Any] | None:
-        """Metadata fixed at creation (for example the client's IP and agent)."""
-        raw = self._live().meta
-        return None if raw is None else dict(json.loads(raw))
-
     # -- mapping ------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
@@ -210,12 +269,6 @@ class Session(MutableMapping[str, Any]):
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key in self._live().data
-
-    def __len__(self) -> int:
-        return len(self._live().data)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._live().data))
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._store.set_key(self._state, self._digest, key, value)
@@ -260,17 +313,7 @@ class Session(MutableMapping[str, Any]):
         # dict while it is decoded.
         return self._store.decode_all(self._live().data.copy())
 
-    def __repr__(self) -> str:
-        try:
-            return f"<walsess.Session ref={self.ref} keys={sorted(self._live().data)}>"
-        except SessionNotFound:
-            return f"<walsess.Session ref={self.ref} (gone)>"
-        except Exception:
-            return f"<walsess.Session ref={self.ref}>"
-
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Session):
             return self._state is other._state and self._digest == other._digest
         return super().__eq__(other)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable mapping
