@@ -17,7 +17,7 @@ from typing import Any, Union
 
 import pytest
 from hypothesis import HealthCheck, settings
-from redis_servers import RedisCluster, RedisNode, flush, missing_reason
+from redis_servers import RedisCluster, RedisNode, RedisSentinel, flush, missing_reason
 
 import walsess
 from walsess.clock import ManualClock
@@ -108,7 +108,7 @@ def start_child(
 AnyStore = Union[walsess.Store, "walsess.RedisStore"]
 
 #: The kinds of store the behavioural suite runs against (the any_store fixture).
-STORE_KINDS = ("embedded", "redis", "redis_cluster")
+STORE_KINDS = ("embedded", "redis", "redis_cluster", "redis_sentinel")
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +134,20 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
+    """A primary, its replica and one Sentinel monitoring them as ``walsess``, on free
+    127.0.0.1 ports, for the whole test session (a test may fail it over)."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    deployment = RedisSentinel.start(tmp_path_factory.mktemp("redis-sentinel"))
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
 @pytest.fixture
 def redis_url(redis_node: RedisNode) -> str:
     """The single node's URL, emptied (FLUSHALL) for this test."""
@@ -149,6 +163,20 @@ def redis_cluster_url(redis_cluster: RedisCluster) -> str:
     return f"redis+cluster://127.0.0.1:{redis_cluster.port}"
 
 
+@pytest.fixture
+def redis_sentinel_client(redis_sentinel: RedisSentinel) -> Iterator[Any]:
+    """A redis-py client on the Sentinel deployment's primary (``Sentinel(...).master_for``),
+    whichever server that is now, emptied (FLUSHALL) for this test; closed after it."""
+    from redis.sentinel import Sentinel
+
+    flush(redis_sentinel.primary().port)
+    client = Sentinel([("127.0.0.1", redis_sentinel.port)]).master_for(redis_sentinel.service)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 @pytest.fixture(params=STORE_KINDS)
 def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -161,21 +189,26 @@ def open_any(
     """``open_any(**settings)``: a store of this test's kind with *settings*, on the
     test's clock (no background gc for the embedded one); closed after the test.
     Each call gives another store: a new directory, or a new Redis prefix."""
-    url = None
+    url = client = None
     if store_kind == "redis":
         url = request.getfixturevalue("redis_url")
     elif store_kind == "redis_cluster":
         url = request.getfixturevalue("redis_cluster_url")
+    elif store_kind == "redis_sentinel":
+        client = request.getfixturevalue("redis_sentinel_client")
     opened: list[AnyStore] = []
 
     def open_store(**settings: Any) -> AnyStore:
         settings.setdefault("clock", clock)
         store: AnyStore
-        if url is None:
+        prefix = f"t{len(opened)}"
+        if client is not None:
+            store = walsess.RedisStore(client, prefix=prefix, **settings)
+        elif url is not None:
+            store = walsess.RedisStore.from_url(url, prefix=prefix, **settings)
+        else:
             settings.setdefault("cleanup_interval", None)
             store = walsess.open(f"{store_dir}{len(opened) or ''}", **settings)
-        else:
-            store = walsess.RedisStore.from_url(url, prefix=f"t{len(opened)}", **settings)
         opened.append(store)
         return store
 
@@ -188,5 +221,6 @@ def open_any(
 
 @pytest.fixture
 def any_store(open_any: Callable[..., AnyStore]) -> AnyStore:
-    """A store of each kind in turn (embedded, Redis, Redis Cluster) with the default settings."""
+    """A store of each kind in turn (embedded, Redis, Redis Cluster, a Sentinel master)
+    with the default settings."""
     return open_any()

@@ -1,12 +1,14 @@
 """The Store and Session API, the same behaviour on every store.
 
-Each test runs three times through the ``any_store`` / ``open_any`` fixtures
+Each test runs four times through the ``any_store`` / ``open_any`` fixtures
 (tests/conftest.py): on the embedded :class:`walsess.Store`, on a
-:class:`walsess.RedisStore` on a real single ``redis-server``, and on one on a
-real 3-master Redis Cluster. Time is the injected clock: no test sleeps.
-Tests that mean something for one store only live elsewhere and say so by
-name (tests/test_store.py: the log, reopening; tests/test_redis_store.py:
-hash tags, Redis TTLs, the owner index, connection failures).
+:class:`walsess.RedisStore` on a real single ``redis-server``, on one on a
+real 3-master Redis Cluster, and on one made from a Sentinel client
+(``Sentinel(...).master_for``) on a real primary, replica and Sentinel.
+Time is the injected clock: no test sleeps. Tests that mean something for
+one store only live elsewhere and say so by name (tests/test_store.py: the
+log, reopening; tests/test_redis_store.py: hash tags, Redis TTLs, the owner
+index, connection failures; tests/test_redis_sentinel.py: failover).
 """
 
 from __future__ import annotations

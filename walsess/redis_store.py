@@ -70,8 +70,9 @@ listening processes, each gets it); and the key is gone, so the hook's
 ``data`` None, the times NaN).
 
 **Errors.** A connection failure raises :class:`walsess.RedisUnavailable`
-(a :class:`walsess.StorageError`) naming the server's address; another
-error from Redis raises :class:`walsess.StorageError`.
+(a :class:`walsess.StorageError`) naming the server's address (for a
+Sentinel client, the service and its Sentinels); another error from Redis
+raises :class:`walsess.StorageError`.
 
 **Cost.** ``get`` is one SHA-256 and one round trip (a script that checks,
 maybe extends and returns the session); a per-key set, ``update`` or
@@ -93,6 +94,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import redis
 import redis.cluster
 import redis.exceptions
+import redis.sentinel
 
 from . import record as rec
 from . import tokens
@@ -427,7 +429,9 @@ def _address(client: Any) -> str:
     pool = getattr(client, "connection_pool", None)
     service = getattr(pool, "service_name", None)
     if service:
-        return f"redis sentinel service {service}"
+        sentinels = getattr(getattr(pool, "sentinel_manager", None), "sentinels", ())
+        via = ",".join(_address(sentinel).removeprefix("redis ") for sentinel in sentinels)
+        return f"redis sentinel service {service}" + (f" (sentinels {via})" if via else "")
     kwargs = getattr(pool, "connection_kwargs", {}) or {}
     if "path" in kwargs:
         return f"redis unix socket {kwargs['path']}"
@@ -623,6 +627,14 @@ class RedisStore:
         """``fn(*args, **kwargs)`` with redis-py's errors as walsess errors."""
         try:
             return fn(*args, **kwargs)
+        except redis.sentinel.MasterNotFoundError as exc:
+            # redis-py's text for this holds the repr of every Sentinel client (a
+            # screenful); the chained cause keeps it for a traceback.
+            raise RedisUnavailable(
+                f"{self.address} is unavailable: no Sentinel named a live primary for it"
+                " (the Sentinels are unreachable, do not know the service, or see its"
+                " primary down)"
+            ) from exc
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise RedisUnavailable(f"{self.address} is unavailable: {exc}") from exc
         except redis.exceptions.RedisError as exc:
