@@ -394,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], Result] = {}
     maintenance: dict[str, Any] = {}
     disk: DiskResult | None = None
+    if args.workdir is not None:
+        os.makedirs(args.workdir, exist_ok=True)  # as `walsess bench --workdir` does
     with tempfile.TemporaryDirectory(prefix="walsess-bench-", dir=args.workdir) as workdir:
         with Workbench(workdir, scale) as wb:
             for group in (g for g in groups if g in GROUPS):
