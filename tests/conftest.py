@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Protocol, TypeVar, Union
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -111,6 +111,26 @@ AnyStore = Union[walsess.Store, "walsess.RedisStore"]
 STORE_KINDS = ("embedded", "redis", "redis_cluster", "redis_sentinel")
 
 
+class _Deployment(Protocol):
+    def stop(self) -> None: ...
+
+
+_D = TypeVar("_D", bound=_Deployment)
+
+
+def _deployment(start: Callable[[Path], _D], directory: Path) -> Iterator[_D]:
+    """Start a Redis deployment of several servers in *directory*, yield it, stop
+    it; skip the test, saying why, if redis-server is missing."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    deployment = start(directory)
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisNode]:
     """One ``redis-server`` on a free 127.0.0.1 port, for the whole test session."""
@@ -124,28 +144,14 @@ def redis_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisNode]:
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """A 3-master Redis Cluster on free 127.0.0.1 ports, for the whole test session."""
-    reason = missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    cluster = RedisCluster.start(tmp_path_factory.mktemp("redis-cluster"))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _deployment(RedisCluster.start, tmp_path_factory.mktemp("redis-cluster"))
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
     """A primary, its replica and one Sentinel monitoring them as ``walsess``, on free
     127.0.0.1 ports, for the whole test session (a test may fail it over)."""
-    reason = missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    deployment = RedisSentinel.start(tmp_path_factory.mktemp("redis-sentinel"))
-    try:
-        yield deployment
-    finally:
-        deployment.stop()
+    yield from _deployment(RedisSentinel.start, tmp_path_factory.mktemp("redis-sentinel"))
 
 
 @pytest.fixture
