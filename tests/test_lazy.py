@@ -290,7 +290,7 @@ def _replayed(steps: list[tuple[Any, ...]], bulk: bool) -> dict[int, dict[str, b
         if op == "create":
             items = r.item_block((k.encode(), v) for k, v in args[0].items())
             digest = bytes([sid % 251, n % 251]) + bytes(30)
-            table.create_packed(sid, digest, 0.0, 60.0, 1e9, 1e9, None, None, items, 0)
+            table.create_packed(sid, digest, 0.0, 60.0, 1e9, 1e9, None, None, 0, items)
         elif op == "set":
             table.set_key(sid, args[0], args[1])
         elif op == "modify":

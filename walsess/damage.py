@@ -393,7 +393,7 @@ def classify_snapshot(
     def create(*fields: Any) -> None:
         nonlocal sessions
         if ends:
-            raise CorruptionError("a record follows the END record", None, fields[-1])
+            raise CorruptionError("a record follows the END record", None, fields[-2])
         assert on_create is not None
         on_create(*fields)
         sessions += 1

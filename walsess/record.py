@@ -1087,7 +1087,7 @@ class RecordReader:
         * *on_set*: a MODIFY that sets exactly one key, as ``on_set(sid, key, value)``;
         * *on_touch*: a TOUCH, as ``on_touch(sid, idle_deadline, ttl)``;
         * *on_create*: a CREATE, as ``on_create(sid, digest, created_at, ttl,
-          idle_deadline, hard_deadline, user, meta, items, items_offset)``, where
+          idle_deadline, hard_deadline, user, meta, items_offset, items)``, where
           *items* is the item block, undecoded (see :func:`decode_item_block`),
           and *items_offset* its offset in the buffer.
         """
@@ -1141,8 +1141,8 @@ class RecordReader:
             elif op == 4 and n == 16 and on_touch is not None:
                 on_touch(sid, *unpack_f64x2(buf, pos + 9))
             elif op == 0 and on_create is not None:
-                *head, items_at = create_head(buf, pos + 9, end - 4)
-                on_create(sid, *head, buf[items_at : end - 4], items_at)
+                head = create_head(buf, pos + 9, end - 4)  # ends with the items' offset
+                on_create(sid, *head, buf[head[7] : end - 4])
             else:
                 # A structural error here carries its absolute offset in *buf*.
                 on_record(pos, decode(op, sid, buf, pos + 9, end - 4, max_value, keys))

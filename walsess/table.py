@@ -682,8 +682,8 @@ class SessionTable:
         hard_deadline: float,
         user: str | None,
         meta: bytes | None,
-        items: bytes,
         offset: int,
+        items: bytes,
     ) -> None:
         """Replay's fast path for a CREATE record read from the file set with
         :meth:`reading`: the item block stays packed until first used."""
