@@ -216,6 +216,45 @@ def test_redis_server_gone_mid_way_raises_and_applies_nothing(
         node.stop()
 
 
+def test_redis_scripts_are_loaded_again_when_the_server_forgets_them(
+    rstore: RedisStore, clock: FakeClock
+) -> None:
+    """Scripts run by SHA; a server that answers NOSCRIPT (restarted, failed
+    over, SCRIPT FLUSH) is given each script again, and the call succeeds."""
+
+    def forget() -> None:
+        raw(rstore).script_flush()
+        assert not any(raw(rstore).script_exists(rstore._s_get.sha))
+
+    forget()
+    s = rstore.create({"a": 1}, user="u")
+    forget()
+    assert rstore.get(s.id) is not None
+    forget()
+    s["b"] = 2
+    forget()
+    s.update(c=3)
+    forget()
+    assert rstore.touch(s.id)
+    forget()
+    new = rstore.regenerate(s.id)
+    forget()
+    assert new.to_dict() == {"a": 1, "b": 2, "c": 3}
+    clock.advance(rstore.default_ttl + 1)
+    forget()
+    assert rstore.gc() == 1
+    forget()
+    assert not rstore.destroy(new.id) and len(rstore) == 0
+
+
+def test_redis_error_inside_a_script_is_a_storage_error(rstore: RedisStore) -> None:
+    s = rstore.create({"a": 1})
+    raw(rstore).delete(f"walsess:s:{{{s.ref[:2]}}}:{s.ref}")
+    raw(rstore).set(f"walsess:s:{{{s.ref[:2]}}}:{s.ref}", "not a hash")
+    with pytest.raises(walsess.StorageError, match="refused a command.*WRONGTYPE"):
+        rstore.get(s.id)
+
+
 def test_redis_settings_that_do_not_apply_are_refused(redis_url: str) -> None:
     with pytest.raises(walsess.ValidationError, match="durability"):
         RedisStore.from_url(redis_url, durability="always")
