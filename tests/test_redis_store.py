@@ -251,7 +251,7 @@ def test_redis_error_inside_a_script_is_a_storage_error(rstore: RedisStore) -> N
     s = rstore.create({"a": 1})
     raw(rstore).delete(f"walsess:s:{{{s.ref[:2]}}}:{s.ref}")
     raw(rstore).set(f"walsess:s:{{{s.ref[:2]}}}:{s.ref}", "not a hash")
-    with pytest.raises(walsess.StorageError, match="refused a command.*WRONGTYPE"):
+    with pytest.raises(walsess.StorageError, match=r"refused a command.*WRONGTYPE"):
         rstore.get(s.id)
 
 
