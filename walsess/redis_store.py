@@ -636,15 +636,16 @@ class RedisStore:
         """Run *script* on *keys* and *args*: one ``EVALSHA``.
 
         redis-py's ``Script.__call__`` costs about 8 µs of Python a call, as much
-        as the script's own run on the server, so the SHA is sent directly; the
-        ``Script`` is called only when the server answers ``NOSCRIPT`` (it was
-        restarted, failed over or had ``SCRIPT FLUSH``): it loads the script
-        and runs it again.
+        as the script's own run on the server, so the SHA is sent directly. When
+        the server answers ``NOSCRIPT`` (it was restarted, failed over or had
+        ``SCRIPT FLUSH``), the script is loaded and run again: two more round
+        trips, once per server.
         """
         try:
             return self._r.evalsha(script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            return self._call(script, keys, args)
+            self._call(self._r.script_load, script.script)
+            return self._call(self._r.evalsha, script.sha, len(keys), *keys, *args)
         except redis.exceptions.RedisError as exc:
             raise self._error(exc) from exc
 
